@@ -1,1 +1,3 @@
-//! Shared test support.
+//! Shared support for s3mount's cross-crate and end-to-end tests, and the local pod runner.
+
+pub mod podrun;
