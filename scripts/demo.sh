@@ -122,16 +122,16 @@ metadata: {name: $secret_name, namespace: demo}
 stringData: {AWS_ACCESS_KEY_ID: $AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: $AWS_SECRET_ACCESS_KEY}
 EOF
 
-run_pod() { # run_pod MANIFEST NODE_DIR LOG
+run_pod() { # run_pod MANIFEST NODE_DIR LOG  (in the background; its pid is $!)
   "$podrun" run --pod "$1" --state-dir "$2" --namespace demo --secret "$work/secret.yaml" \
     --image "s3mount/sidecar:dev=$bin/s3mount-sidecar" \
     --path-map "/usr/local/bin/s3mount-sidecar=$bin/s3mount-sidecar" >"$3" 2>&1 &
-  echo $!
 }
 
 say "Run the mutated pod like a kubelet: sidecar first (startup probe), then the app"
 node=$work/node
-prpid=$(run_pod "$work/mutated.json" "$node" "$work/pod.log")
+run_pod "$work/mutated.json" "$node" "$work/pod.log"
+prpid=$!
 pids+=("$prpid")
 wait_for 60 "the app to finish its work" grep -q 'app: done' "$work/pod.log"
 grep -E '^\[(podrun|app)\]' "$work/pod.log" | sed 's/^/    /'
@@ -155,7 +155,7 @@ out=$("$podrun" exec --state-dir "$node" --container app -- cat /mnt/s3/written-
 [ "$out" = "hello from the app" ] || fail "exec read '$out'"
 ok "app reads back '$out'"
 
-say "SIGKILL the sidecar: the stale mount is cleared on restart and the app sees the bucket again"
+say "SIGKILL the sidecar: the restarted sidecar mounts over the dead mount and the app sees the bucket again"
 spid=$("$podrun" pid --state-dir "$node" --container s3mount-sidecar)
 kill -KILL "$spid"
 info "killed sidecar pid $spid"
@@ -179,7 +179,8 @@ say "Negative control: the same pod without HostToContainer on the app's mount"
 jq '(.spec.containers[] | select(.name == "app") | .volumeMounts[]? | select(.mountPropagation == "HostToContainer")) |= del(.mountPropagation)' \
   "$work/mutated.json" >"$work/no-propagation.json"
 node2=$work/node2
-prpid2=$(run_pod "$work/no-propagation.json" "$node2" "$work/pod2.log")
+run_pod "$work/no-propagation.json" "$node2" "$work/pod2.log"
+prpid2=$!
 pids+=("$prpid2")
 wait_for 60 "the app to finish its work" grep -q 'app: done' "$work/pod2.log"
 info "at start the app's recursive bind copied the mount that already existed; now restart the sidecar"

@@ -1,1 +1,199 @@
-fn main() {}
+//! `s3mount-sidecar`: mounts an S3 bucket with FUSE and serves it until SIGTERM/SIGINT, or probes
+//! mounts (`probe`). See docs/interfaces.md for the command line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{error, info, warn};
+
+use s3mount_sidecar::cache::{BlockCache, DEFAULT_BLOCK_SIZE};
+use s3mount_sidecar::config::{self, Command, LogFormat, MountConfig};
+use s3mount_sidecar::fs::{DEFAULT_PART_SIZE, Fs, FsConfig};
+use s3mount_sidecar::health::{self, Health};
+use s3mount_sidecar::reader::ReadConfig;
+use s3mount_sidecar::s3::{S3Config, S3Store};
+use s3mount_sidecar::{fuse, probe, shutdown};
+
+/// How often the main task checks that the FUSE session is still running.
+const SESSION_POLL: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    let command = match config::parse_from(std::env::args_os()) {
+        Ok(command) => command,
+        Err(config::ConfigError::Usage(e)) => {
+            let code = if e.use_stderr() {
+                config::EXIT_BAD_CONFIG
+            } else {
+                0
+            };
+            let _ = e.print();
+            return exit(code);
+        }
+        Err(e) => {
+            eprintln!("s3mount-sidecar: {e}");
+            return exit(e.exit_code());
+        }
+    };
+    match command {
+        Command::Probe(probe) => exit(probe::run(&probe)),
+        Command::Mount(config) => {
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the async runtime");
+                    return exit(1);
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => exit(0),
+                Err(e) => {
+                    error!(error = format!("{e:#}"), "s3mount-sidecar failed");
+                    exit(1)
+                }
+            }
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_logging(config: &MountConfig) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Mount, serve, and on a signal: flush, unmount.
+async fn run(config: Box<MountConfig>) -> anyhow::Result<()> {
+    info!(config = %config, version = env!("CARGO_PKG_VERSION"), "s3mount-sidecar starting");
+    let health = Arc::new(Health::new());
+    let bound = health::serve(config.health_listen, health.clone())
+        .await
+        .with_context(|| format!("cannot listen on --health-listen {}", config.health_listen))?;
+    info!(address = %bound, "health server listening (/livez, /readyz, /metrics)");
+
+    let (cache_dir, temporary) = match &config.cache_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("s3mount-{}", std::process::id())),
+            true,
+        ),
+    };
+    let store = Arc::new(S3Store::new(s3_config(&config)?).context("cannot set up the S3 client")?);
+    let fs_config = FsConfig {
+        prefix: config.prefix.clone(),
+        read_only: config.read_only,
+        uid: config.uid,
+        gid: config.gid,
+        file_mode: config.file_mode,
+        dir_mode: config.dir_mode,
+        metadata_ttl: config.metadata_ttl,
+        staging_dir: cache_dir.join("staging"),
+        part_size: DEFAULT_PART_SIZE,
+    };
+    let cache = BlockCache::open(cache_dir.join("blocks"), config.cache_size, DEFAULT_BLOCK_SIZE)
+        .context("cannot open the block cache")?;
+    let endpoint = config
+        .endpoint
+        .as_ref()
+        .map_or_else(|| format!("aws:{}", config.region), |u| u.to_string());
+    let read_config = ReadConfig {
+        namespace: format!("{endpoint} {}", config.bucket),
+        ..ReadConfig::default()
+    };
+    let fs = Fs::with_cache(store, fs_config, Some(Arc::new(cache)), read_config)
+        .context("cannot prepare the cache directory")?;
+    let fs = Arc::new(fs);
+    let fsname = format!("s3mount:{}", config.bucket);
+    let session = fuse::mount(
+        fs.clone(),
+        &config.mountpoint,
+        &fsname,
+        tokio::runtime::Handle::current(),
+        health.clone(),
+    )
+    .with_context(|| format!("cannot mount at {}", config.mountpoint.display()))?;
+    health.set_ready(true);
+    info!(mountpoint = %config.mountpoint.display(), bucket = %config.bucket, "mounted");
+
+    tokio::select! {
+        signal = shutdown::wait_for_signal() => {
+            info!(signal = signal.context("cannot install signal handlers")?, "shutting down");
+        }
+        () = wait_session_end(&session) => {
+            warn!("the FUSE session ended (unmounted from outside?)");
+        }
+    }
+    health.set_ready(false);
+    let deadline = tokio::time::Instant::now() + config.grace_period;
+    let upload_failures = match tokio::time::timeout_at(deadline, fs.flush_all()).await {
+        Ok(0) => 0,
+        Ok(n) => {
+            error!(
+                failed = n,
+                "pending uploads failed; their staged data is kept in the cache directory"
+            );
+            n
+        }
+        Err(_) => {
+            error!(grace_period = ?config.grace_period, "pending uploads did not finish within the grace period");
+            1
+        }
+    };
+    // Detach first: a plain unmount fails with EBUSY while an app still has a file open, and the
+    // session must go on serving such files (their close uploads them) until the grace period ends.
+    // Every FUSE layer goes, including dead ones a killed predecessor left under ours.
+    if let Err(e) = s3mount_sidecar::mountsys::unmount_all(&config.mountpoint) {
+        warn!(error = %e, mountpoint = %config.mountpoint.display(), "cannot unmount");
+    }
+    while !session.guard.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let upload_failures = upload_failures + fs.flush_all().await;
+    if session.guard.is_finished() {
+        match tokio::task::spawn_blocking(move || session.join()).await {
+            Ok(Ok(())) => info!(mountpoint = %config.mountpoint.display(), "unmounted"),
+            Ok(Err(e)) => warn!(error = %e, "FUSE session ended with an error"),
+            Err(e) => warn!(error = %e, "FUSE session thread failed"),
+        }
+    } else {
+        error!("files still open at the end of the grace period; exiting with the mount detached");
+    }
+    if temporary && upload_failures == 0 {
+        let _ = std::fs::remove_dir_all(&cache_dir);
+    }
+    if upload_failures > 0 {
+        anyhow::bail!("{upload_failures} pending upload(s) not durable at exit");
+    }
+    Ok(())
+}
+
+async fn wait_session_end(session: &fuser::BackgroundSession) {
+    while !session.guard.is_finished() {
+        tokio::time::sleep(SESSION_POLL).await;
+    }
+}
+
+fn s3_config(config: &MountConfig) -> anyhow::Result<S3Config> {
+    let mut s3 = S3Config::new(config.bucket.clone(), config.region.clone());
+    s3.endpoint = config
+        .endpoint
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_string());
+    s3.path_style = config.path_style;
+    s3.anonymous = config.anonymous;
+    if !config.anonymous {
+        s3.credentials = S3Config::credentials_from_env().context("AWS credentials")?;
+    }
+    Ok(s3)
+}

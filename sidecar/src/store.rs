@@ -135,8 +135,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn delete(&self, key: &str) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// CopyObject (server side); handles the multipart copy above the single-copy limit.
-    fn copy(&self, src_key: &str, dst_key: &str, src_size: u64)
-    -> impl Future<Output = StoreResult<ObjectMeta>> + Send;
+    fn copy(
+        &self,
+        src_key: &str,
+        dst_key: &str,
+        src_size: u64,
+    ) -> impl Future<Output = StoreResult<ObjectMeta>> + Send;
 
     /// CreateMultipartUpload; returns the upload id.
     fn create_multipart(&self, key: &str) -> impl Future<Output = StoreResult<String>> + Send;
@@ -160,4 +164,59 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// AbortMultipartUpload.
     fn abort_multipart(&self, key: &str, upload_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+impl StoreError {
+    /// The level this error deserves in the log: an expected answer (a missing key, a range past
+    /// the end) is debug, an object changed under a reader is info, a failure of the service or of
+    /// the local disk is a warning.
+    pub fn log_level(&self) -> tracing::Level {
+        match self {
+            StoreError::NotFound(_) | StoreError::InvalidRange(_) => tracing::Level::DEBUG,
+            StoreError::PreconditionFailed(_) => tracing::Level::INFO,
+            StoreError::AccessDenied(_)
+            | StoreError::Unavailable { .. }
+            | StoreError::InvalidResponse { .. }
+            | StoreError::Http { .. }
+            | StoreError::Transport { .. }
+            | StoreError::Io(_) => tracing::Level::WARN,
+        }
+    }
+}
+
+/// A copy of an error, for handing one failure to several waiters (a shared prefetch). An `Io`
+/// error keeps its kind and message but not its source chain.
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
+        match self {
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::AccessDenied(m) => StoreError::AccessDenied(m.clone()),
+            StoreError::PreconditionFailed(m) => StoreError::PreconditionFailed(m.clone()),
+            StoreError::InvalidRange(m) => StoreError::InvalidRange(m.clone()),
+            StoreError::Unavailable { attempts, message } => StoreError::Unavailable {
+                attempts: *attempts,
+                message: message.clone(),
+            },
+            StoreError::InvalidResponse { request, message } => StoreError::InvalidResponse {
+                request: request.clone(),
+                message: message.clone(),
+            },
+            StoreError::Http {
+                request,
+                status,
+                code,
+                message,
+            } => StoreError::Http {
+                request: request.clone(),
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            StoreError::Transport { request, message } => StoreError::Transport {
+                request: request.clone(),
+                message: message.clone(),
+            },
+            StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
 }

@@ -31,13 +31,21 @@ class Webhook:
             raise SystemExit(f"cannot read the flags of {binary}: no --listen in its --help")
         sources = "\n".join(p.read_text() for p in Path(src_dir).rglob("*.rs"))
         self.routes = set(re.findall(r'\.route\(\s*"([^"]+)"', sources))
+        # The admission path is the route that --listen's help says it serves ("serving POST /mutate").
+        listen_help = self.block("--listen") or ""
+        self.admission_paths = {p for p in re.findall(r"POST (/[\w/-]+)", listen_help) if p in self.routes}
+
+    def block(self, flag):
+        """The --help text of one flag."""
+        found = re.search(rf"(?ms)^\s+(?:-\w, )?{re.escape(flag)}\b(.*?)(?=^\s+(?:-\w, )?--|\Z)", self.help)
+        return found.group(1) if found else None
 
     def default(self, flag):
         """The `[default: X]` clap prints for `flag`, or None."""
-        block = re.search(rf"(?ms)^\s+(?:-\w, )?{re.escape(flag)}\b(.*?)(?=^\s+(?:-\w, )?--|\Z)", self.help)
-        if not block:
+        block = self.block(flag)
+        if block is None:
             return None
-        found = re.search(r"\[default: ([^\]]+)\]", block.group(1))
+        found = re.search(r"\[default: ([^\]]+)\]", block)
         return found.group(1).strip() if found else None
 
 
@@ -111,7 +119,8 @@ def check(name, docs, wh):
     else:
         svc = services[0]
         if svc["metadata"].get("namespace") != cc.get("namespace") or cc.get("namespace") != ns:
-            err(f"{name}: clientConfig namespace {cc.get('namespace')} is not the Service/Deployment namespace {ns}")
+            err(f"{name}: clientConfig namespace {cc.get('namespace')} is not the Service/Deployment "
+                f"namespace {ns}")
         if not selects(svc["spec"].get("selector"), labels):
             err(f"{name}: Service {svc['metadata']['name']} does not select the webhook pods")
         match = [p for p in svc["spec"]["ports"] if p["port"] == cc.get("port", 443)]
@@ -121,9 +130,11 @@ def check(name, docs, wh):
             target = match[0].get("targetPort", match[0]["port"])
             target = ports.get(target, target)
             if listen is not None and target != port_of(listen):
-                err(f"{name}: the Service sends port {cc.get('port', 443)} to {target}, the webhook listens on {listen}")
-    if cc.get("path") not in wh.routes:
-        err(f"{name}: clientConfig path {cc.get('path')} is not a route of the webhook ({sorted(wh.routes)})")
+                err(f"{name}: the Service sends port {cc.get('port', 443)} to {target}, "
+                    f"the webhook listens on {listen}")
+    if cc.get("path") not in wh.admission_paths:
+        err(f"{name}: clientConfig path {cc.get('path')} is not the webhook's admission route "
+            f"({sorted(wh.admission_paths)} of {sorted(wh.routes)})")
 
     # The webhook entry itself.
     for hook in mwc.get("webhooks", []):
@@ -155,7 +166,8 @@ def check(name, docs, wh):
     # Hardening of the webhook pods.
     if dep["spec"].get("replicas", 1) < 2:
         err(f"{name}: Deployment needs at least 2 replicas")
-    if not any(t.get("topologyKey") == "kubernetes.io/hostname" for t in spec.get("topologySpreadConstraints", [])):
+    spread = spec.get("topologySpreadConstraints", [])
+    if not any(t.get("topologyKey") == "kubernetes.io/hostname" for t in spread):
         err(f"{name}: replicas are not spread across nodes")
     psc, csc = spec.get("securityContext", {}), c.get("securityContext", {})
     if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
@@ -168,6 +180,15 @@ def check(name, docs, wh):
         err(f"{name}: webhook may escalate privileges")
     if csc.get("capabilities", {}).get("drop") != ["ALL"] or csc.get("capabilities", {}).get("add"):
         err(f"{name}: webhook does not drop all capabilities")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        secret = volumes.get(m["name"], {}).get("secret")
+        if secret is None:
+            continue
+        mode = secret.get("defaultMode", 0o644)
+        if not (mode & 0o004 or (mode & 0o040 and psc.get("fsGroup") is not None)):
+            err(f"{name}: the non-root webhook cannot read Secret volume {m['name']} (mode {mode:o}, "
+                f"fsGroup {psc.get('fsGroup')})")
     res = c.get("resources", {})
     if not (res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory")
             and res.get("limits", {}).get("memory")):
@@ -177,14 +198,18 @@ def check(name, docs, wh):
         port = ports.get(got.get("port"), got.get("port"))
         if got.get("path") != path or health is None or port != port_of(health):
             err(f"{name}: {probe} must GET {path} on the health port {health}, got {got}")
-    pdbs = [p for p in by_kind(docs, "PodDisruptionBudget") if selects(p["spec"]["selector"].get("matchLabels"), labels)]
+    pdbs = [p for p in by_kind(docs, "PodDisruptionBudget")
+            if selects(p["spec"]["selector"].get("matchLabels"), labels)]
     if not pdbs or pdbs[0]["spec"].get("minAvailable", 0) < 1:
         err(f"{name}: no PodDisruptionBudget keeps a webhook replica available")
-    nps = [p for p in by_kind(docs, "NetworkPolicy") if selects(p["spec"]["podSelector"].get("matchLabels"), labels)]
+    nps = [p for p in by_kind(docs, "NetworkPolicy")
+           if selects(p["spec"]["podSelector"].get("matchLabels"), labels)]
     if not nps:
         err(f"{name}: no NetworkPolicy selects the webhook pods")
     elif listen is not None and not any(
-        pp.get("port") in (port_of(listen), "https") for r in nps[0]["spec"].get("ingress", []) for pp in r.get("ports", [])
+        pp.get("port") in (port_of(listen), "https")
+        for r in nps[0]["spec"].get("ingress", [])
+        for pp in r.get("ports", [])
     ):
         err(f"{name}: the NetworkPolicy does not admit the HTTPS port")
 
@@ -192,7 +217,7 @@ def check(name, docs, wh):
     for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
         for rule in role.get("rules", []):
             rn = f"{name}: {role['kind']} {role['metadata']['name']}"
-            if "*" in rule.get("verbs", []) or "*" in rule.get("resources", []) or "*" in rule.get("apiGroups", []):
+            if any("*" in rule.get(field, []) for field in ("verbs", "resources", "apiGroups")):
                 err(f"{rn}: wildcard rule {rule}")
             if "secrets" in rule.get("resources", []):
                 if role["kind"] == "ClusterRole":
@@ -207,13 +232,16 @@ def check(name, docs, wh):
 
     # Self-signed: the names it converges on are the manifests' names, and RBAC grants them.
     if arg_value(args, "--self-signed"):
-        rules = [r for role in by_kind(docs, "Role") + by_kind(docs, "ClusterRole") for r in role.get("rules", [])]
+        roles = by_kind(docs, "Role") + by_kind(docs, "ClusterRole")
+        rules = [r for role in roles for r in role.get("rules", [])]
         if arg_value(args, "--webhook-configuration") != mwc["metadata"]["name"]:
             err(f"{name}: --webhook-configuration is not {mwc['metadata']['name']}")
         secret = arg_value(args, "--self-signed-secret")
-        if not any("secrets" in r.get("resources", []) and secret in r.get("resourceNames", []) for r in rules):
+        if not any("secrets" in r.get("resources", []) and secret in r.get("resourceNames", [])
+                   for r in rules):
             err(f"{name}: no Role grants the --self-signed-secret {secret}")
-        if not any("mutatingwebhookconfigurations" in r.get("resources", []) and "patch" in r["verbs"] for r in rules):
+        if not any("mutatingwebhookconfigurations" in r.get("resources", []) and "patch" in r["verbs"]
+                   for r in rules):
             err(f"{name}: no ClusterRole lets the webhook patch the caBundle")
         if arg_value(args, "--service-name") != cc.get("name"):
             err(f"{name}: --service-name is not the Service {cc.get('name')}")
@@ -224,7 +252,8 @@ def check(name, docs, wh):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         mounted = {volumes[m["name"]].get("secret", {}).get("secretName") for m in c.get("volumeMounts", [])
                    if m["name"] in volumes}
-        certs = [x for x in by_kind(docs, "Certificate") if f"{x['metadata'].get('namespace')}/{x['metadata']['name']}" == inject]
+        certs = [x for x in by_kind(docs, "Certificate")
+                 if f"{x['metadata'].get('namespace')}/{x['metadata']['name']}" == inject]
         if not certs:
             err(f"{name}: cert-manager.io/inject-ca-from {inject} names no Certificate of the manifests")
         else:
@@ -255,20 +284,52 @@ def self_test(rendered, wh):
         "own namespace not excluded": lambda d: hook(d)["namespaceSelector"]["matchExpressions"].pop(),
         "failurePolicy Ignore": lambda d: hook(d).__setitem__("failurePolicy", "Ignore"),
         "timeout 30": lambda d: hook(d).__setitem__("timeoutSeconds", 30),
-        "listen 9443": lambda d: container(d).__setitem__(
-            "args", [a if not a.startswith("--listen=") else "--listen=0.0.0.0:9443" for a in container(d)["args"]]),
+        "listen 9443": lambda d: container(d).__setitem__("args", [
+            a if not a.startswith("--listen=") else "--listen=0.0.0.0:9443" for a in container(d)["args"]]),
         "unknown flag": lambda d: container(d)["args"].append("--no-such-flag"),
-        "writable root": lambda d: container(d)["securityContext"].__setitem__("readOnlyRootFilesystem", False),
+        "writable root": lambda d: container(d)["securityContext"].__setitem__(
+            "readOnlyRootFilesystem", False),
         "one replica": lambda d: by_kind(d, "Deployment")[0]["spec"].__setitem__("replicas", 1),
         "wildcard RBAC": lambda d: by_kind(d, "ClusterRole")[0]["rules"].append(
             {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}),
     }
+    def cert_dns(docs):
+        certs = [c for c in by_kind(docs, "Certificate") if c["spec"].get("dnsNames")]
+        if not certs:
+            return False
+        certs[-1]["spec"]["dnsNames"].pop(2)
+        return True
+
+    def self_signed_secret(docs):
+        args = container(docs)["args"]
+        if "--self-signed" not in args:
+            return False
+        args[:] = [a if not a.startswith("--self-signed-secret=") else "--self-signed-secret=other"
+                   for a in args]
+        return True
+
+    def unreadable_secret(docs):
+        volumes = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"].get("volumes", [])
+        secrets = [v["secret"] for v in volumes if "secret" in v]
+        for secret in secrets:
+            secret["defaultMode"] = 0o400
+        return bool(secrets)
+
+    breaks["secret volume unreadable"] = unreadable_secret
+    breaks["path /livez (a route, not the admission one)"] = (
+        lambda d: hook(d)["clientConfig"]["service"].__setitem__("path", "/livez"))
+    breaks["certificate without svc.ns.svc"] = cert_dns
+    breaks["self-signed secret not granted"] = self_signed_secret
     missed = []
     for overlay, docs in rendered.items():
+        # A break is caught when it adds a problem, so the self-test means something even while the
+        # unbroken manifests have problems of their own.
+        baseline = set(check(overlay, docs, wh))
         for what, brk in breaks.items():
             broken = copy.deepcopy(docs)
-            brk(broken)
-            if not check(overlay, broken, wh):
+            if brk(broken) is False:
+                continue
+            if not set(check(overlay, broken, wh)) - baseline:
                 missed.append(f"{overlay}: {what}")
     return missed
 
@@ -288,7 +349,7 @@ def main():
     errors = [e for name, docs in rendered.items() for e in check(name, docs, wh)]
     for e in errors:
         print(f"check_manifests: {e}")
-    if opts.self_test and not errors:
+    if opts.self_test:
         missed = self_test(rendered, wh)
         for m in missed:
             print(f"check_manifests: self-test: break not caught: {m}")

@@ -7,11 +7,12 @@
 #     check_manifests.py instead);
 #   - hadolint passes on both Dockerfiles; shellcheck on every shell script and .ci/run;
 #   - check_manifests.py: the manifests agree with the webhook binary (flags, ports, path, opt-in
-#     label) and keep the hardening issue 5 and 6 ask for, with a self-test that breaks them.
+#     label) and keep the hardening issue 5 and 6 ask for, with a self-test that breaks them;
+#   - check_e2e_refs.py: tests/e2e/kind.sh uses only names and outputs deploy/ really has.
 # Every check runs; the script fails at the end if any failed.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$top" || exit 1
 export PATH="$top/.venv/bin:$top/.tools/bin:$PATH"
 
 # Oldest: first release with native sidecars on by default; newest: kubernetes-validate's newest.
@@ -26,7 +27,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 ok() { passed=$((passed + 1)); echo "static-checks: ok   $*"; }
-bad() { failed=$((failed + 1)); failures+=("$1"); echo "static-checks: FAIL $1"; [ -n "${2:-}" ] && sed 's/^/    /' "$2"; }
+bad() {
+  failed=$((failed + 1))
+  failures+=("$1")
+  echo "static-checks: FAIL $1"
+  if [ -n "${2:-}" ]; then sed 's/^/    /' "$2"; fi
+}
 
 for tool in kubectl kubernetes-validate hadolint shellcheck python3; do
   if ! command -v "$tool" >/dev/null; then
@@ -89,17 +95,28 @@ else
 fi
 
 # 4. Manifests against the webhook binary.
+# Always (re)build: a stale binary would check the manifests against old flags. A no-op when fresh.
 bin="${CARGO_TARGET_DIR:-$top/target}/debug/s3mount-webhook"
-if [ ! -x "$bin" ]; then
-  cargo build -q -p s3mount-webhook --bin s3mount-webhook || { bad "cargo build -p s3mount-webhook"; bin=; }
+if ! cargo build -q -p s3mount-webhook --bin s3mount-webhook >"$work/build" 2>&1; then
+  bad "cargo build -p s3mount-webhook" "$work/build"
+  bin=
 fi
 if [ -n "$bin" ]; then
   if python3 tests/e2e/check_manifests.py --webhook-bin "$bin" --webhook-src webhook/src --self-test \
     "${rendered[@]}" >"$work/cm" 2>&1; then
-    ok "check_manifests.py ($(tail -n1 "$work/cm" | sed 's/^check_manifests: //'); self-test caught every break)"
+    summary=$(tail -n1 "$work/cm" | sed 's/^check_manifests: //')
+    ok "check_manifests.py ($summary; self-test caught every break)"
   else
     bad "check_manifests.py" "$work/cm"
   fi
+fi
+
+# 5. The kind suite (which cannot run here) still names what deploy/ defines.
+if python3 tests/e2e/check_e2e_refs.py tests/e2e/kind.sh "$work/examples.yaml" "$work/overlays_self-signed.yaml" \
+  >"$work/refs" 2>&1; then
+  ok "check_e2e_refs.py: kind.sh agrees with deploy/examples and the self-signed overlay"
+else
+  bad "check_e2e_refs.py" "$work/refs"
 fi
 
 echo "static-checks: $passed passed, $failed failed"

@@ -19,11 +19,13 @@
 //!   (a finished Job), regular containers get SIGTERM first, then native sidecars in reverse
 //!   order, all within `terminationGracePeriodSeconds`; SIGKILL after that. Then it reports any
 //!   mount still left under the pod's directory (the cause of pods stuck Terminating).
+//! - **hostPath** volumes below `/var/lib/kubelet` map to the state directory (the node's
+//!   kubelet root), so `<hostPath>/pods/<uid>` is the pod directory; any other hostPath is refused.
 //! - **Secrets** for `secretKeyRef` / `envFrom` come from Secret manifests given as files.
 //!
 //! What it does not model: images and root filesystems, networking, resource limits, readiness
 //! and liveness probes (ignored with a warning), httpGet/tcpSocket probes (refused), and every
-//! volume type but emptyDir (refused).
+//! volume type but emptyDir and kubelet hostPath (refused).
 //!
 //! The node itself is a private mount namespace of its own, so nothing it mounts can leak into
 //! the machine's namespace even if it is killed.
@@ -556,6 +558,9 @@ fn run(args: RunArgs) -> Result<u8> {
     })
 }
 
+/// The kubelet root a hostPath may point into; it maps to the state directory.
+const KUBELET_ROOT: &str = "/var/lib/kubelet";
+
 /// A resolved volume.
 #[derive(Debug, Clone)]
 struct Volume {
@@ -576,8 +581,22 @@ struct Ctx {
 fn make_volumes(node: &Node, spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<BTreeMap<String, Volume>> {
     let mut out = BTreeMap::new();
     for v in spec.volumes.iter().flatten() {
+        if let Some(hp) = &v.host_path {
+            // The node's kubelet directory is our state directory; nothing else of the machine
+            // is handed to a pod.
+            let rest = hp.path.strip_prefix(KUBELET_ROOT).filter(|r| r.is_empty() || r.starts_with('/'));
+            let Some(rest) = rest else {
+                bail!("volume {}: hostPath {} is outside {KUBELET_ROOT}, refused by s3mount-podrun", v.name, hp.path);
+            };
+            let state_dir = node.pod_dir.parent().and_then(Path::parent).context("pod dir has no state dir")?;
+            let path = state_dir.join(rest.trim_start_matches('/'));
+            fs::create_dir_all(&path)?;
+            node.say(&format!("volume {} -> {} (hostPath {})", v.name, path.display(), hp.path));
+            out.insert(v.name.clone(), Volume { path, tmpfs: false });
+            continue;
+        }
         let Some(ed) = &v.empty_dir else {
-            bail!("volume {}: only emptyDir volumes are supported by s3mount-podrun", v.name);
+            bail!("volume {}: only emptyDir and kubelet hostPath volumes are supported by s3mount-podrun", v.name);
         };
         let path = node.pod_dir.join("volumes").join("kubernetes.io~empty-dir").join(&v.name);
         fs::create_dir_all(&path)?;

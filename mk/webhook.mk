@@ -1,0 +1,15 @@
+# Webhook suites (owned with webhook/): schema validation of mutated pods, fuzz smoke run, load bench.
+WEBHOOK_FUZZ_SECONDS ?= 20
+WEBHOOK_BENCH_SECONDS ?= 10
+
+.PHONY: webhook-schema fuzz-webhook bench-webhook
+webhook-schema: ## mutated fixture pods vs kubernetes-validate --strict (oldest and newest supported versions)
+	$(CARGO) test -p s3mount-webhook --test schema -- --ignored
+
+fuzz-webhook: ## fuzz AdmissionReview parsing and mutation (WEBHOOK_FUZZ_SECONDS, default 20)
+	@bash webhook/scripts/fuzz.sh $(WEBHOOK_FUZZ_SECONDS)
+
+bench-webhook: ## load figures: webhook over TLS vs a bare axum+rustls endpoint (oha), RSS; writes webhook/BENCHMARK.md
+	@bash webhook/scripts/bench.sh $(WEBHOOK_BENCH_SECONDS)
+
+TEST_SUITES += webhook-schema fuzz-webhook

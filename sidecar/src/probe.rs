@@ -1,0 +1,190 @@
+//! `s3mount-sidecar probe`: is every given directory a serving s3mount FUSE mount?
+//!
+//! A mountpoint passes when `statfs` reports the FUSE magic, `/proc/self/mountinfo` lists it as
+//! an s3mount mount, and `stat` of its root answers within [`STAT_TIMEOUT`] (a dead FUSE connection
+//! answers ENOTCONN, a hung one does not answer; both fail). `--wait` retries until a deadline.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::config::ProbeConfig;
+use crate::fuse::FS_SUBTYPE;
+
+/// How long `stat` of a mount root may take.
+pub const STAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two attempts under `--wait`.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Why a mountpoint is not serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// statfs failed (missing directory, dead connection).
+    #[error("{path}: statfs failed: {source}")]
+    Statfs {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The errno.
+        source: nix::Error,
+    },
+    /// Not a FUSE filesystem (nothing mounted yet).
+    #[error("{path}: not a FUSE mount")]
+    NotFuse {
+        /// The mountpoint.
+        path: PathBuf,
+    },
+    /// A FUSE mount, but not ours.
+    #[error("{path}: FUSE mount is not of type fuse.{FS_SUBTYPE}")]
+    NotS3mount {
+        /// The mountpoint.
+        path: PathBuf,
+    },
+    /// stat of the root failed.
+    #[error("{path}: stat of the mount root failed: {source}")]
+    Stat {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// stat of the root did not answer in time.
+    #[error("{path}: stat of the mount root did not answer within {STAT_TIMEOUT:?}")]
+    Hung {
+        /// The mountpoint.
+        path: PathBuf,
+    },
+}
+
+/// Checks one mountpoint once.
+pub fn check(path: &Path) -> Result<(), ProbeError> {
+    let fs = nix::sys::statfs::statfs(path).map_err(|source| ProbeError::Statfs {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::FUSE_SUPER_MAGIC {
+        return Err(ProbeError::NotFuse {
+            path: path.to_path_buf(),
+        });
+    }
+    if !is_s3mount(path) {
+        return Err(ProbeError::NotS3mount {
+            path: path.to_path_buf(),
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    let target = path.to_path_buf();
+    // A hung FUSE server blocks stat forever, so it runs on a thread we may abandon.
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&target));
+    });
+    match rx.recv_timeout(STAT_TIMEOUT) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(ProbeError::Stat {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(ProbeError::Hung {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Whether `/proc/self/mountinfo` lists `path` as an s3mount FUSE mount (type `fuse.s3mount`, or
+/// type `fuse` with a source named `s3mount:BUCKET`).
+fn is_s3mount(path: &Path) -> bool {
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        let mount_point = fields.get(4).map(|m| unescape_mountinfo(m));
+        let fstype = fields.get(sep + 1).copied().unwrap_or("");
+        let source = fields.get(sep + 2).copied().unwrap_or("");
+        // fuser's own mount code does not set the subtype; the source name tells it then.
+        let ours = fstype == format!("fuse.{FS_SUBTYPE}")
+            || (fstype == "fuse" && source.starts_with(&format!("{FS_SUBTYPE}:")));
+        mount_point.as_deref() == Some(wanted.to_string_lossy().as_ref()) && ours
+    })
+}
+
+/// Undoes the octal escapes (`\040` for a space) of mountinfo paths.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs the probe: 0 when every mountpoint passes (within `--wait`, if given), else 1; each
+/// failure is printed to stderr.
+pub fn run(config: &ProbeConfig) -> i32 {
+    let deadline = config.wait.map(|w| Instant::now() + w);
+    loop {
+        let failures: Vec<ProbeError> = config.mountpoints.iter().filter_map(|m| check(m).err()).collect();
+        if failures.is_empty() {
+            return 0;
+        }
+        if deadline.is_none_or(|d| Instant::now() + RETRY_INTERVAL > d) {
+            for f in failures {
+                eprintln!("s3mount-sidecar probe: {f}");
+            }
+            return 1;
+        }
+        std::thread::sleep(RETRY_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_fails_on_a_plain_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(check(dir.path()), Err(ProbeError::NotFuse { .. })));
+    }
+
+    #[test]
+    fn probe_fails_on_a_missing_directory() {
+        assert!(matches!(
+            check(Path::new("/nonexistent/s3mount")),
+            Err(ProbeError::Statfs { .. })
+        ));
+    }
+
+    #[test]
+    fn probe_wait_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ProbeConfig {
+            mountpoints: vec![dir.path().to_path_buf()],
+            wait: Some(Duration::from_millis(500)),
+        };
+        let start = Instant::now();
+        assert_eq!(run(&config), 1);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

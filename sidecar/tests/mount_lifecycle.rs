@@ -1,0 +1,210 @@
+//! Life of the real binary: probe and readiness, SIGTERM and SIGINT with pending data, and a stale
+//! mount left by a killed predecessor.
+
+mod mount_common;
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use mount_common::{BIN, Sidecar, can_mount, is_mounted};
+use support::{S3Server, ServerKind};
+
+#[test]
+fn probe_passes_only_on_a_serving_mount() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let outer = tempfile::tempdir().unwrap();
+    let mountpoint = outer.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let sc = Sidecar::start_at(&server, tempfile::tempdir().unwrap(), mountpoint.clone(), &[]);
+    let ok = std::process::Command::new(BIN)
+        .arg("probe")
+        .arg("--mountpoint")
+        .arg(&sc.mountpoint)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    sc.stop();
+    assert!(mountpoint.is_dir());
+    let after = std::process::Command::new(BIN)
+        .arg("probe")
+        .arg("--mountpoint")
+        .arg(&mountpoint)
+        .status()
+        .unwrap();
+    assert_eq!(after.code(), Some(1), "an unmounted directory fails the probe");
+}
+
+#[test]
+fn sigterm_flushes_a_file_still_open_then_unmounts_and_exits_0() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let sc = Sidecar::start(&server, &[]);
+    let mut f = std::fs::File::create(sc.path("open-at-shutdown")).unwrap();
+    f.write_all(b"pending bytes").unwrap();
+    // The file stays open while the sidecar is told to stop.
+    sc.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(f);
+    let mut sc = sc;
+    let status = sc.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", sc.log());
+    assert!(!sc.is_mounted());
+    assert_eq!(
+        server.get_direct("open-at-shutdown").as_deref(),
+        Some(&b"pending bytes"[..]),
+        "{}",
+        sc.log()
+    );
+}
+
+#[test]
+fn sigint_unmounts_and_exits_0() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let mut sc = Sidecar::start(&server, &[]);
+    sc.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(sc.wait(Duration::from_secs(30)).code(), Some(0));
+    assert!(!sc.is_mounted());
+}
+
+#[test]
+fn a_stale_mount_from_a_killed_predecessor_is_replaced() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    server.put_direct("f", b"still here");
+    let sc = Sidecar::start(&server, &[]);
+    let (dir, mountpoint) = sc.kill_hard();
+    assert!(is_mounted(&mountpoint), "SIGKILL leaves the mount behind");
+    let err = std::fs::read_dir(&mountpoint).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a dead mount: transport endpoint is not connected"
+    );
+    let sc = Sidecar::start_at(&server, dir, mountpoint, &[]);
+    assert_eq!(std::fs::read(sc.path("f")).unwrap(), b"still here");
+    // stop() also checks that no layer, dead or alive, is left at the mountpoint.
+    sc.stop();
+}
+
+#[test]
+fn readiness_is_false_before_the_mount_and_true_after() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let sc = Sidecar::start(&server, &[]);
+    assert_eq!(sc.health_get("/readyz"), (200, "ready\n".to_string()));
+    assert!(sc.health_get("/metrics").1.contains("s3mount_ready 1"));
+    sc.stop();
+}
+
+#[test]
+fn json_logs_open_with_the_effective_configuration_and_no_secret() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let sc = Sidecar::start(&server, &["--log-format=json"]);
+    let log = sc.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "s3mount-sidecar starting")
+        .expect("a start-up line");
+    let config = start["fields"]["config"].as_str().unwrap();
+    assert!(
+        config.contains(&format!("endpoint={}", server.endpoint())),
+        "{config}"
+    );
+    assert!(
+        config.contains("credentials=from environment (redacted)"),
+        "{config}"
+    );
+    assert!(
+        !log.contains(support::SECRET_KEY),
+        "the secret never reaches the log"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "health server listening (/livez, /readyz, /metrics)")
+    );
+}
+
+#[test]
+fn many_requests_are_served_in_parallel() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Moto);
+    for i in 0..16 {
+        server.put_direct(&format!("p/{i}"), &vec![i as u8; 3 << 20]);
+    }
+    let sc = Sidecar::start(&server, &[]);
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for i in 0..16 {
+            let path = sc.path(&format!("p/{i}"));
+            scope.spawn(move || {
+                let data = std::fs::read(&path).unwrap();
+                assert!(
+                    data.len() == 3 << 20 && data.iter().all(|b| *b == i as u8),
+                    "file {i}"
+                );
+            });
+        }
+    });
+    eprintln!("16 parallel 3 MiB reads took {:?}", start.elapsed());
+    sc.stop();
+}
+
+#[test]
+fn a_close_whose_upload_fails_is_eio_and_the_staged_data_is_kept() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let mut sc = Sidecar::start(&server, &[]);
+    let mut f = std::fs::File::create(sc.path("doomed")).unwrap();
+    f.write_all(b"keep me").unwrap();
+    drop(server); // the S3 server goes away before the close
+    let err = f.sync_all().unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EIO),
+        "fsync reports the failed upload"
+    );
+    drop(f);
+    let staged: Vec<Vec<u8>> = std::fs::read_dir(sc.cache_dir().join("staging"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(
+        staged,
+        vec![b"keep me".to_vec()],
+        "the staged data is kept on disk"
+    );
+    sc.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = sc.wait(Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "data not durable at exit is a failure exit; {}",
+        sc.log()
+    );
+    assert!(!sc.is_mounted());
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the webhook fuzz target (fuzz/fuzz_targets/admission.rs) for N seconds (default 20),
+# seeded with the AdmissionReview fixtures. Fails when the fuzzer finds a crash.
+# cargo fuzz needs unstable rustc flags: nightly when installed, else the stable toolchain with
+# RUSTC_BOOTSTRAP=1.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+seconds=${1:-20}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo-fuzz >/dev/null || { echo "fuzz-webhook: cargo-fuzz missing; run make setup" >&2; exit 1; }
+toolchain=()
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  toolchain=(+nightly)
+else
+  export RUSTC_BOOTSTRAP=1
+fi
+cd "$top/fuzz"
+mkdir -p corpus
+echo "fuzz-webhook: ${seconds}s of cargo fuzz run admission"
+cargo "${toolchain[@]}" fuzz run admission corpus "$top/webhook/tests/fixtures" -- \
+  -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1

@@ -1,0 +1,127 @@
+//! Command line of `s3mount-webhook`; every flag also reads `S3MOUNT_WEBHOOK_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default HTTPS address of `/mutate`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Default plain-HTTP address of `/livez`, `/readyz` and `/metrics`.
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
+/// Default sidecar image.
+pub const DEFAULT_SIDECAR_IMAGE: &str = "s3mount-sidecar:latest";
+/// Default namespace opt-in label.
+pub const DEFAULT_OPT_IN_LABEL: &str = "s3.mount/inject=enabled";
+
+/// Mutating admission webhook that injects the s3mount FUSE sidecar into annotated pods.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "s3mount-webhook", version)]
+pub struct Config {
+    /// HTTPS address serving POST /mutate.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the serving certificate (re-read when it changes).
+    #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the serving certificate (re-read when it changes).
+    #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// How often the certificate and key files are checked for changes.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Plain-HTTP address serving /livez, /readyz and /metrics.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_HEALTH_LISTEN", default_value = DEFAULT_HEALTH_LISTEN)]
+    pub health_listen: SocketAddr,
+    /// Image of the injected sidecar.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    pub sidecar_image: String,
+    /// imagePullPolicy of the injected sidecar (default: the Kubernetes default for the image).
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub sidecar_image_pull_policy: Option<String>,
+    /// How the sidecar runs: native init-container sidecar, legacy regular container, or auto
+    /// (native when the API server is >= 1.29).
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_MODE", value_enum, default_value_t = SidecarMode::Auto)]
+    pub sidecar_mode: SidecarMode,
+    /// The mode `auto` uses when the API server's version cannot be read.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_MODE_FALLBACK", value_enum, default_value_t = FixedMode::Native)]
+    pub sidecar_mode_fallback: FixedMode,
+    /// Whether to use the Kubernetes API (version detection, namespace watch): `auto` uses it when
+    /// a configuration is found, `off` never does.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_KUBE_API", value_enum, default_value_t = KubeApi::Auto)]
+    pub kube_api: KubeApi,
+    /// Namespace label (`key=value`) that opts a namespace in; checked when namespaces are watched.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_OPT_IN_LABEL", default_value = DEFAULT_OPT_IN_LABEL, value_parser = parse_label)]
+    pub opt_in_label: (String, String),
+    /// Time given to in-flight requests after SIGTERM.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Tracing filter, e.g. `info` or `s3mount_webhook=debug,info`.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `--sidecar-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SidecarMode {
+    Auto,
+    Native,
+    Legacy,
+}
+
+/// `--sidecar-mode-fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FixedMode {
+    Native,
+    Legacy,
+}
+
+/// `--kube-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeApi {
+    Auto,
+    Off,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not a label selector of the form key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::try_parse_from(["w", "--tls-cert=c.pem", "--tls-key=k.pem"]).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.sidecar_mode, SidecarMode::Auto);
+        assert_eq!(c.sidecar_mode_fallback, FixedMode::Native);
+        assert_eq!(
+            c.opt_in_label,
+            ("s3.mount/inject".to_owned(), "enabled".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused() {
+        assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--sidecar-mode=new"]).is_err());
+        assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--opt-in-label=x"]).is_err());
+        assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--listen=nope"]).is_err());
+        assert!(Config::try_parse_from(["w"]).is_err(), "TLS files are required");
+    }
+}

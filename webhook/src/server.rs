@@ -1,0 +1,146 @@
+//! HTTP layer: the `/mutate` router (served over TLS by `main`) and the plain-HTTP health router.
+//!
+//! Both are plain `axum::Router`s, so tests drive them with `tower::ServiceExt::oneshot` and no
+//! socket. The handler only times the request, opens its span, calls [`review::mutate`] and
+//! records the outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use crate::namespaces::NamespaceStore;
+use crate::review::{self, Context, NamespaceView, Outcome};
+
+/// Largest accepted request body. The API server caps objects at 1.5 MiB; a review carries at most
+/// the object and the old object.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub ctx: Context,
+    pub metrics: Arc<Metrics>,
+    /// Readiness: set once the HTTPS listener is serving.
+    pub ready: AtomicBool,
+    /// Namespaces as the watch sees them; `None` when no Kubernetes API is used.
+    pub namespaces: Option<NamespaceStore>,
+}
+
+impl AppState {
+    pub fn new(ctx: Context, metrics: Arc<Metrics>, namespaces: Option<NamespaceStore>) -> Self {
+        AppState {
+            ctx,
+            metrics,
+            ready: AtomicBool::new(false),
+            namespaces,
+        }
+    }
+}
+
+/// The admission router: `POST /mutate`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The health router: `/livez`, `/readyz`, `/metrics`.
+pub fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let serving = state.ready.load(Ordering::Relaxed);
+    let synced = state.namespaces.as_ref().is_none_or(NamespaceStore::is_ready);
+    match (serving, synced) {
+        (true, true) => (StatusCode::OK, "ok\n").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not serving yet\n").into_response(),
+        (true, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "namespace watch not synced yet\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "admission",
+        uid = tracing::field::Empty,
+        namespace = tracing::field::Empty,
+        pod = tracing::field::Empty,
+        operation = tracing::field::Empty,
+        dry_run = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let (outcome, response) = async { answer(&state, &body) }.instrument(span.clone()).await;
+    span.record("outcome", outcome.as_str());
+    state.metrics.observe(outcome, started.elapsed());
+    response
+}
+
+fn answer(state: &AppState, body: &[u8]) -> (Outcome, Response) {
+    let span = tracing::Span::current();
+    let parsed = review::parse_body(body);
+    let result = parsed.and_then(|v| {
+        let ns_name = review::request_namespace(&v).unwrap_or_default().to_owned();
+        let guard;
+        let view = match &state.namespaces {
+            None => NamespaceView::Unknown,
+            Some(store) => {
+                guard = store.get(&ns_name);
+                NamespaceView::Known(guard.as_ref())
+            }
+        };
+        review::mutate(&v, &state.ctx, view)
+    });
+    match result {
+        Ok(r) => {
+            span.record("uid", r.info.uid.as_str());
+            span.record("namespace", r.info.namespace.as_str());
+            span.record("pod", r.info.pod.as_str());
+            span.record("operation", r.info.operation.as_str());
+            span.record("dry_run", r.info.dry_run);
+            span.record("outcome", r.outcome.as_str());
+            match r.outcome {
+                Outcome::Denied => tracing::info!(reason = %r.reason, "admission denied"),
+                _ => tracing::info!(reason = %r.reason, "admission answered"),
+            }
+            (r.outcome, axum::Json(r.to_json()).into_response())
+        }
+        Err(e) => {
+            span.record("outcome", "invalid");
+            tracing::warn!(error = %e, "invalid admission request");
+            (
+                Outcome::Invalid,
+                (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+            )
+        }
+    }
+}

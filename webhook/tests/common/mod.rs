@@ -1,0 +1,77 @@
+//! Helpers shared by the webhook's integration tests: fixtures, contexts, patch application and
+//! the "every pre-existing field survives" check.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use s3mount_webhook::inject::{InjectConfig, Lifecycle};
+use s3mount_webhook::review::{self, Context, NamespaceView, Reviewed};
+
+pub const FIXTURES: &[&str] = &[
+    "basic-pod.json",
+    "deployment-generatename.json",
+    "init-containers.json",
+    "mesh-injected.json",
+    "native-sidecars.json",
+    "no-volumes.json",
+];
+
+pub fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn context(lifecycle: Lifecycle) -> Context {
+    Context {
+        inject: InjectConfig {
+            sidecar_image: "s3mount-sidecar:test".to_owned(),
+            lifecycle,
+            image_pull_policy: None,
+        },
+        opt_in_label: ("s3.mount/inject".to_owned(), "enabled".to_owned()),
+    }
+}
+
+pub fn run(body: &Value, lifecycle: Lifecycle) -> Reviewed {
+    let parsed =
+        review::parse_body(&serde_json::to_vec(body).unwrap()).expect("fixture is an AdmissionReview");
+    review::mutate(&parsed, &context(lifecycle), NamespaceView::Unknown).expect("fixture is answerable")
+}
+
+/// Applies the answer's patch to the request's pod with the strict RFC 6902 implementation.
+pub fn apply(body: &Value, answer: &Reviewed) -> Value {
+    let mut pod = body["request"]["object"].clone();
+    let patch = answer.patch().expect("answer has a patch");
+    json_patch::patch(&mut pod, &patch).expect("patch applies strictly");
+    pod
+}
+
+/// The same review with `pod` as its object.
+pub fn with_object(body: &Value, pod: Value) -> Value {
+    let mut b = body.clone();
+    b["request"]["object"] = pod;
+    b
+}
+
+/// Whether everything in `before` is still in `after`: objects keep every key, arrays keep every
+/// element in order (new elements may be inserted between them), scalars are equal. A `null`
+/// field means "unset" to Kubernetes, so the patch may fill it.
+pub fn preserved(before: &Value, after: &Value) -> bool {
+    match (before, after) {
+        (Value::Null, _) => true,
+        (Value::Object(b), Value::Object(a)) => {
+            b.iter().all(|(k, v)| a.get(k).is_some_and(|av| preserved(v, av)))
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            let mut it = a.iter();
+            b.iter().all(|bv| it.any(|av| preserved(bv, av)))
+        }
+        _ => before == after,
+    }
+}
