@@ -6,7 +6,8 @@
 //!
 //! How the tree is made from keys (see SEMANTICS.md for every promise):
 //! - a file is the object `prefix + path`; a directory is the prefix `prefix + path + "/"`, shown
-//!   when any key is below it or when its marker object (the key ending in `/`) exists;
+//!   when any key is below it or when its marker object (the key ending in `/`) exists; a symbolic
+//!   link is the object `prefix + path + ".rclonelink"` holding its target;
 //! - `readdir` is one ListObjectsV2 walk with delimiter `/` over all pages, and the attributes of
 //!   the entries come from that listing (no HEAD per entry);
 //! - `lookup` of a name asks, at once, for a HEAD of the file key and a one-key listing of the
@@ -22,7 +23,7 @@ pub mod inode;
 pub mod names;
 pub mod staging;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -35,13 +36,17 @@ use tracing::{debug, warn};
 use crate::cache::BlockCache;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::inode::{Fh, Ino, InodeTable, Kind, Stat};
-use crate::fs::names::{check_key, check_name, dir_key, file_key, join, unusable_segment};
+use crate::fs::names::{
+    LINK_SUFFIX, check_key, check_name, dir_key, file_key, join, link_key, unusable_segment,
+};
 use crate::fs::staging::{Staging, Stream};
 use crate::reader::{ObjectReader, ReadConfig, ReadPath};
 use crate::store::{CompletedPart, ObjectMeta, ObjectStore};
 
 /// Default size of one part of a multipart upload, and the largest single PUT.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Most parts one multipart upload may have.
+const MAX_PARTS: u64 = 10_000;
 /// Size of the chunks an existing object is downloaded in when it is opened for writing.
 const DOWNLOAD_CHUNK: u64 = 8 * 1024 * 1024;
 /// Block size reported by statfs and stat.
@@ -180,6 +185,8 @@ pub struct Fs<S> {
     next_staging: AtomicU64,
     /// Whether the server keeps directory markers: one of the `MARKERS_*` values.
     markers: AtomicU8,
+    /// Keys already warned about (hidden or unusable), so that each is logged once.
+    warned: Mutex<HashSet<String>>,
 }
 
 const MARKERS_UNKNOWN: u8 = 0;
@@ -212,6 +219,7 @@ impl<S: ObjectStore> Fs<S> {
             next_fh: AtomicU64::new(1),
             next_staging: AtomicU64::new(1),
             markers: AtomicU8::new(MARKERS_UNKNOWN),
+            warned: Mutex::new(HashSet::new()),
         })
     }
 
@@ -233,6 +241,18 @@ impl<S: ObjectStore> Fs<S> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Warns about a key the tree cannot show, once per key and reason (listings repeat).
+    fn warn_key_once(&self, key: &str, what: &str) {
+        let fresh = self
+            .warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{what}\0{key}"));
+        if fresh {
+            warn!(key = %key, "{what}");
+        }
+    }
+
     fn ensure_writable(&self) -> FsResult<()> {
         if self.config.read_only {
             Err(FsError::ReadOnly)
@@ -245,6 +265,7 @@ impl<S: ObjectStore> Fs<S> {
         let perm = match kind {
             Kind::File => self.config.file_mode,
             Kind::Dir => self.config.dir_mode,
+            Kind::Symlink => 0o777,
         };
         Attr {
             ino,
@@ -291,19 +312,22 @@ impl<S: ObjectStore> Fs<S> {
         Ok(Some(self.attr_of(ino, node.kind, &stat)))
     }
 
-    /// Asks S3 what is at `path`: a directory (any key below it), a file, or nothing.
+    /// Asks S3 what is at `path`: a directory (any key below it), a file, a link, or nothing.
     async fn resolve(&self, path: &str) -> FsResult<Option<(Kind, Stat)>> {
         let key = file_key(&self.config.prefix, path);
         let dir = dir_key(&self.config.prefix, path);
-        let (head, listing) = futures::join!(
+        let link = link_key(&self.config.prefix, path);
+        let (head, listing, link_head) = futures::join!(
             self.store.head(&key),
-            self.store.list_page(&dir, Some("/"), None, None, Some(1))
+            self.store.list_page(&dir, Some("/"), None, None, Some(1)),
+            self.store.head(&link)
         );
         let listing = listing.map_err(FsError::store("list", path))?;
         let head = head.map_err(FsError::store("head", path))?;
+        let link_head = link_head.map_err(FsError::store("head", path))?;
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
             if head.is_some() {
-                warn!(key = %key, "object hidden by a directory of the same name");
+                self.warn_key_once(&key, "object hidden by a directory of the same name");
             }
             let mtime = listing
                 .objects
@@ -320,7 +344,16 @@ impl<S: ObjectStore> Fs<S> {
                 },
             )));
         }
-        Ok(head.map(|meta| (Kind::File, stat_of(&meta))))
+        match (head, link_head) {
+            (Some(meta), link_meta) => {
+                if link_meta.is_some() {
+                    self.warn_key_once(&link, "link hidden by a file of the same name");
+                }
+                Ok(Some((Kind::File, stat_of(&meta))))
+            }
+            (None, Some(meta)) => Ok(Some((Kind::Symlink, stat_of(&meta)))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Looks up `name` in `parent` and counts one kernel lookup on the result.
@@ -490,11 +523,14 @@ impl<S: ObjectStore> Fs<S> {
                     continue;
                 };
                 if let Some(why) = unusable_segment(name) {
-                    warn!(prefix = %prefix, reason = why, "key prefix cannot be a path; skipped");
+                    self.warn_key_once(prefix, &format!("key prefix cannot be a path ({why}); skipped"));
                     continue;
                 }
                 if let Some((Kind::File, _)) = found.get(name) {
-                    warn!(key = %format!("{dir}{name}"), "object hidden by a directory of the same name");
+                    self.warn_key_once(
+                        &format!("{dir}{name}"),
+                        "object hidden by a directory of the same name",
+                    );
                 }
                 found.insert(name.to_string(), (Kind::Dir, Stat::empty()));
             }
@@ -507,14 +543,25 @@ impl<S: ObjectStore> Fs<S> {
                     continue; // this directory's own marker
                 }
                 if let Some(why) = unusable_segment(name) {
-                    warn!(key = %object.key, reason = why, "key cannot be a path; skipped");
+                    self.warn_key_once(&object.key, &format!("key cannot be a path ({why}); skipped"));
                     continue;
                 }
-                if found.contains_key(name) {
-                    warn!(key = %object.key, "object hidden by a directory of the same name");
-                    continue;
+                let (name, kind) = match name.strip_suffix(LINK_SUFFIX) {
+                    Some(link) if unusable_segment(link).is_none() => (link, Kind::Symlink),
+                    _ => (name, Kind::File),
+                };
+                match found.get(name) {
+                    Some((Kind::Dir, _)) => {
+                        self.warn_key_once(&object.key, "object hidden by a directory of the same name");
+                        continue;
+                    }
+                    Some(_) if kind == Kind::Symlink => {
+                        self.warn_key_once(&object.key, "link hidden by a file of the same name");
+                        continue;
+                    }
+                    _ => {}
                 }
-                found.insert(name.to_string(), (Kind::File, stat_of(object)));
+                found.insert(name.to_string(), (kind, stat_of(object)));
             }
             match page.next_token {
                 Some(next) => token = Some(next),
@@ -587,8 +634,10 @@ impl<S: ObjectStore> Fs<S> {
             self.ensure_writable()?;
         }
         let attr = self.getattr(ino).await?;
-        if attr.kind == Kind::Dir {
-            return Err(FsError::IsADirectory(self.path_of(ino)?));
+        match attr.kind {
+            Kind::Dir => return Err(FsError::IsADirectory(self.path_of(ino)?)),
+            Kind::Symlink => return Err(FsError::InvalidArgument("open of a symbolic link".into())),
+            Kind::File => {}
         }
         let (mut etag, staged) = {
             let table = self.table();
@@ -819,6 +868,10 @@ impl<S: ObjectStore> Fs<S> {
                 staging.put_stream(stream);
                 return;
             }
+            if stream.parts.len() as u64 + 1 >= MAX_PARTS {
+                // Too large to stream in parts of this size: it goes out whole, in larger parts.
+                break;
+            }
             let body = match staging.read_at(stream.uploaded, part as usize) {
                 Ok(body) => Bytes::from(body),
                 Err(e) => {
@@ -1008,7 +1061,8 @@ impl<S: ObjectStore> Fs<S> {
         staging: &Staging,
         size: u64,
     ) -> FsResult<ObjectMeta> {
-        let part = self.config.part_size as u64;
+        // S3 allows 10,000 parts: very large files get larger parts.
+        let part = (self.config.part_size as u64).max(size.div_ceil(MAX_PARTS));
         let mut parts: Vec<CompletedPart> = Vec::new();
         let mut offset = 0;
         while offset < size {
@@ -1076,10 +1130,11 @@ impl<S: ObjectStore> Fs<S> {
         let name = check_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         let attr = self.lookup_uncounted(&path).await?;
-        if attr.kind == Kind::Dir {
-            return Err(FsError::IsADirectory(path));
-        }
-        let key = file_key(&self.config.prefix, &path);
+        let key = match attr.kind {
+            Kind::Dir => return Err(FsError::IsADirectory(path)),
+            Kind::File => file_key(&self.config.prefix, &path),
+            Kind::Symlink => link_key(&self.config.prefix, &path),
+        };
         self.store
             .delete(&key)
             .await
@@ -1244,32 +1299,44 @@ impl<S: ObjectStore> Fs<S> {
         if dst.is_some() && flags & libc::RENAME_NOREPLACE != 0 {
             return Err(FsError::Exists(to));
         }
-        match (src.kind, dst.as_ref().map(|d| d.kind)) {
-            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsADirectory(to)),
-            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotADirectory(to)),
+        let dst_kind = dst.as_ref().map(|d| d.kind);
+        match (src.kind, dst_kind) {
+            (Kind::File | Kind::Symlink, Some(Kind::Dir)) => return Err(FsError::IsADirectory(to)),
+            (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(FsError::NotADirectory(to)),
             (Kind::Dir, Some(Kind::Dir)) => self.ensure_empty(&to).await?,
             _ => {}
         }
         match src.kind {
             Kind::File => self.rename_file(src.ino, &from, &to).await?,
+            Kind::Symlink => self.rename_link(&from, &to).await?,
             Kind::Dir => self.rename_dir(&from, &to).await?,
+        }
+        // A file replaced by a link (or a link by a file) is stored under the other key: remove it.
+        let replaced = match (src.kind, dst_kind) {
+            (Kind::File, Some(Kind::Symlink)) => Some(link_key(&self.config.prefix, &to)),
+            (Kind::Symlink, Some(Kind::File)) => Some(file_key(&self.config.prefix, &to)),
+            _ => None,
+        };
+        if let Some(key) = replaced {
+            self.store
+                .delete(&key)
+                .await
+                .map_err(FsError::store("rename", &to))?;
         }
         self.table().rename(&from, &to);
         Ok(())
     }
 
     async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<()> {
+        // Staged data goes out first (a new file too), so the object at `from` is current.
         self.upload(ino).await?;
-        let staged_only = {
-            let table = self.table();
-            table
-                .get(ino)
-                .is_some_and(|n| n.staging.is_some() && n.stat.etag.is_none())
+        let size = {
+            let staging = self.table().get(ino).and_then(|n| n.staging.clone());
+            match staging {
+                Some(staging) => staging.size()?,
+                None => self.table().get(ino).map_or(0, |n| n.stat.size),
+            }
         };
-        if staged_only {
-            return Ok(()); // never uploaded: the next upload goes to the new name
-        }
-        let size = self.table().get(ino).map_or(0, |n| n.stat.size);
         let src_key = file_key(&self.config.prefix, from);
         let dst_key = file_key(&self.config.prefix, to);
         let meta = self
@@ -1285,6 +1352,73 @@ impl<S: ObjectStore> Fs<S> {
             node.stat = stat_of(&meta);
         }
         Ok(())
+    }
+
+    async fn rename_link(&self, from: &str, to: &str) -> FsResult<()> {
+        let (src, dst) = (
+            link_key(&self.config.prefix, from),
+            link_key(&self.config.prefix, to),
+        );
+        check_key(&dst)?;
+        self.store
+            .copy(&src, &dst, 0)
+            .await
+            .map_err(FsError::store("rename", from))?;
+        self.store
+            .delete(&src)
+            .await
+            .map_err(FsError::store("rename", from))
+    }
+
+    /// Makes a symbolic link `name` in `parent` pointing at `target` (stored as `name.rclonelink`).
+    pub async fn symlink(&self, parent: Ino, name: &OsStr, target: &std::path::Path) -> FsResult<Attr> {
+        self.ensure_writable()?;
+        let name = check_name(name)?;
+        let path = join(&self.dir_path(parent)?, name);
+        let key = link_key(&self.config.prefix, &path);
+        check_key(&key)?;
+        let Some(target) = target.to_str() else {
+            return Err(FsError::InvalidName(format!(
+                "link target {target:?} is not UTF-8"
+            )));
+        };
+        if target.is_empty() || target.len() > libc::PATH_MAX as usize {
+            return Err(FsError::InvalidArgument(format!(
+                "link target of {} bytes",
+                target.len()
+            )));
+        }
+        if self.exists(&path).await?.is_some() {
+            return Err(FsError::Exists(path));
+        }
+        let meta = self
+            .store
+            .put(&key, Bytes::copy_from_slice(target.as_bytes()))
+            .await
+            .map_err(FsError::store("symlink", &path))?;
+        let mut table = self.table();
+        let ino = table.upsert(&path, Kind::Symlink, stat_of(&meta));
+        table.add_lookup(ino);
+        let stat = table.get(ino).expect("just upserted").stat.clone();
+        Ok(self.attr_of(ino, Kind::Symlink, &stat))
+    }
+
+    /// The target of the symbolic link `ino`.
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Bytes> {
+        let attr = self.getattr(ino).await?;
+        let path = self.path_of(ino)?;
+        if attr.kind != Kind::Symlink {
+            return Err(FsError::InvalidArgument(format!(
+                "{path:?} is not a symbolic link"
+            )));
+        }
+        if attr.size == 0 {
+            return Ok(Bytes::new());
+        }
+        let key = link_key(&self.config.prefix, &path);
+        self.read_remote(&key, 0..attr.size, None)
+            .await
+            .map_err(FsError::store("readlink", &path))
     }
 
     async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
@@ -1411,6 +1545,25 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         failed
+    }
+
+    /// Paths whose data is not known to be in S3: staged and written since the last upload, or
+    /// with an upload under way. Added for issue 6 (tests/tests/reliability_shutdown.rs): when the
+    /// grace period ends first, the shutdown log names each of them.
+    pub fn pending_uploads(&self) -> Vec<String> {
+        let table = self.table();
+        let mut paths: Vec<String> = table
+            .staged()
+            .into_iter()
+            .filter_map(|ino| {
+                let node = table.get(ino)?;
+                let staging = node.staging.as_ref()?;
+                let pending = staging.is_dirty() || staging.upload_lock.try_lock().is_err();
+                if pending { node.path.clone() } else { None }
+            })
+            .collect();
+        paths.sort();
+        paths
     }
 
     /// Figures for statfs: S3 has no bound, so "very large" and "mostly free".

@@ -105,6 +105,7 @@ pub fn file_attr(attr: &Attr) -> FileAttr {
     let (kind, nlink) = match attr.kind {
         Kind::File => (FileType::RegularFile, 1),
         Kind::Dir => (FileType::Directory, 2),
+        Kind::Symlink => (FileType::Symlink, 1),
     };
     FileAttr {
         ino: INodeNo(attr.ino.0),
@@ -129,6 +130,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -226,8 +228,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
-    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
-        reply.error(Errno::EINVAL); // no inode is ever a symlink
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let span = tracing::debug_span!("readlink", ino = ino.0);
+        self.spawn(
+            "readlink",
+            span,
+            move |fs| async move { fs.readlink(Ino(ino.0)).await },
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn mknod(
@@ -289,9 +300,19 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        log_error(&FsError::Unsupported("symlink"));
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+    fn symlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (name, target) = (name.to_owned(), target.to_owned());
+        let ttl = self.ttl();
+        let span = tracing::debug_span!("symlink", parent = parent.0, name = ?name);
+        self.spawn(
+            "symlink",
+            span,
+            move |fs| async move { fs.symlink(Ino(parent.0), &name, &target).await },
+            move |r| match r {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn rename(

@@ -4,8 +4,9 @@
 //! [`cache`] (the on-disk block cache), [`reader`] (the read path: cache, ranged GETs, read-ahead),
 //! [`fs`] (the async filesystem core, testable without the kernel) and [`fuse`] (the thin adapter
 //! that turns kernel requests into calls on the core). Around them: [`config`] (the command line),
-//! [`probe`] (the start-up probe), [`health`] (liveness, readiness, metrics), [`shutdown`]
-//! (signals, stale mounts, unmount) and [`mem_store`] (an in-memory store for tests).
+//! [`probe`] (the start-up probe), [`health`] (liveness, readiness, metrics), [`mountsys`]
+//! (mount(2) of the FUSE device, stale layers, unmount), [`shutdown`] (signals) and
+//! [`mem_store`] (an in-memory store for tests).
 
 pub mod cache;
 pub mod config;

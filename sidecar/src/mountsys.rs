@@ -72,7 +72,11 @@ pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Pla
         }
         Placement::Fresh
     };
-    let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
     let fd: OwnedFd = dev.into();
     let mut data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},max_read={}",
@@ -92,8 +96,19 @@ pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Pla
         flags |= MsFlags::MS_RDONLY;
     }
     let fstype = format!("fuse.{}", opts.subtype);
-    nix::mount::mount(Some(opts.fsname.as_str()), mountpoint, Some(fstype.as_str()), flags, Some(data.as_str()))
-        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("mount {}: {e}", mountpoint.display())))?;
+    nix::mount::mount(
+        Some(opts.fsname.as_str()),
+        mountpoint,
+        Some(fstype.as_str()),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mount {}: {e}", mountpoint.display()),
+        )
+    })?;
     Ok((fd, placement))
 }
 
@@ -140,7 +155,7 @@ fn top_fstype<'a>(mountinfo: &'a str, target: &str) -> Option<&'a str> {
             let fstype = rest.get(sep + 1)?;
             (unescape(mount_point) == target).then_some(*fstype)
         })
-        .last()
+        .next_back()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

@@ -800,3 +800,74 @@ async fn unlink_of_a_file_being_streamed_aborts_its_upload() {
     let _ = s.fs.release(fh).await;
     assert!(s.store.keys().is_empty());
 }
+
+#[tokio::test]
+async fn rename_of_a_file_still_open_for_writing_moves_its_current_data() {
+    let s = setup();
+    for (name, len) in [("small", 100usize), ("large", 5000)] {
+        let (_, fh) = s.fs.create(Ino::ROOT, n(name)).await.unwrap();
+        s.fs.write(fh, 0, &vec![3; len]).await.unwrap();
+        let renamed = format!("{name}-moved");
+        s.fs.rename(Ino::ROOT, n(name), Ino::ROOT, n(&renamed), 0)
+            .await
+            .unwrap();
+        s.fs.write(fh, len as u64, b"end").await.unwrap();
+        s.fs.release(fh).await.unwrap();
+        let mut expected = vec![3; len];
+        expected.extend_from_slice(b"end");
+        assert!(s.store.object(name).is_none(), "{name}");
+        assert_eq!(s.store.object(&renamed).as_deref(), Some(&expected[..]), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn symbolic_links_are_stored_as_rclonelink_objects() {
+    let s = setup();
+    let link =
+        s.fs.symlink(Ino::ROOT, n("l"), std::path::Path::new("../some/where"))
+            .await
+            .unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    assert_eq!(
+        s.store.object("l.rclonelink").as_deref(),
+        Some(&b"../some/where"[..])
+    );
+    assert_eq!(s.fs.readlink(link.ino).await.unwrap(), &b"../some/where"[..]);
+    assert_eq!(names(&s.fs, Ino::ROOT).await, vec![("l".into(), Kind::Symlink)]);
+    assert_eq!(
+        errno(s.fs.symlink(Ino::ROOT, n("l"), std::path::Path::new("x")).await),
+        libc::EEXIST
+    );
+    s.fs.rename(Ino::ROOT, n("l"), Ino::ROOT, n("m"), 0)
+        .await
+        .unwrap();
+    assert_eq!(s.store.keys(), vec!["m.rclonelink".to_string()]);
+    s.fs.unlink(Ino::ROOT, n("m")).await.unwrap();
+    assert!(s.store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_file_hides_a_link_of_the_same_name_and_replacing_one_removes_the_other() {
+    let s = setup();
+    put(&s.store, "x", b"file").await;
+    put(&s.store, "x.rclonelink", b"target").await;
+    assert_eq!(names(&s.fs, Ino::ROOT).await, vec![("x".into(), Kind::File)]);
+    assert_eq!(s.fs.lookup(Ino::ROOT, n("x")).await.unwrap().kind, Kind::File);
+    s.store.remove("x.rclonelink");
+    s.fs.symlink(Ino::ROOT, n("l"), std::path::Path::new("t"))
+        .await
+        .unwrap();
+    s.fs.rename(Ino::ROOT, n("l"), Ino::ROOT, n("x"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.store.keys(),
+        vec!["x.rclonelink".to_string()],
+        "the replaced file is gone"
+    );
+    write_file(&s.fs, Ino::ROOT, "f", b"data").await;
+    s.fs.rename(Ino::ROOT, n("f"), Ino::ROOT, n("x"), 0)
+        .await
+        .unwrap();
+    assert_eq!(s.store.keys(), vec!["x".to_string()], "the replaced link is gone");
+}

@@ -208,3 +208,30 @@ fn a_close_whose_upload_fails_is_eio_and_the_staged_data_is_kept() {
     );
     assert!(!sc.is_mounted());
 }
+
+#[test]
+fn wrong_credentials_stop_the_sidecar_before_it_mounts() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg(format!("--bucket={}", support::BUCKET))
+        .arg(format!("--mountpoint={}", mountpoint.display()))
+        .arg(format!("--endpoint={}", server.endpoint()))
+        .arg("--path-style")
+        .arg(format!("--cache-dir={}", dir.path().join("cache").display()))
+        .arg("--health-listen=127.0.0.1:0")
+        .env("AWS_ACCESS_KEY_ID", support::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach the bucket"), "{stderr}");
+    assert!(!is_mounted(&mountpoint));
+}

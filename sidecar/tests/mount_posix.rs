@@ -311,8 +311,6 @@ fn mount_unsupported_operations_fail_loudly() {
     let server = S3Server::start(ServerKind::Rclone);
     server.put_direct("f", b"1");
     let sc = Sidecar::start(&server, &[]);
-    let err = std::os::unix::fs::symlink("f", sc.path("link")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP));
     let err = std::fs::hard_link(sc.path("f"), sc.path("hard")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP));
     let err = nix::sys::stat::fchmodat(
@@ -364,6 +362,60 @@ fn mount_lists_directories_of_many_pages_including_a_prefix_that_starts_a_page()
             "{kind:?}"
         );
         assert_eq!(list(&sc.path("many/later")), vec!["inside"], "{kind:?}");
+        sc.stop();
+    }
+}
+
+#[test]
+fn mount_symbolic_links_are_rclonelink_objects() {
+    if !can_mount() {
+        return;
+    }
+    for server in servers() {
+        let kind = server.kind;
+        server.put_direct("target.txt", b"pointed at");
+        server.put_direct("made-elsewhere.rclonelink", b"target.txt");
+        let sc = Sidecar::start(&server, &[]);
+        std::os::unix::fs::symlink("target.txt", sc.path("link")).unwrap();
+        assert_eq!(
+            server.get_direct("link.rclonelink").as_deref(),
+            Some(&b"target.txt"[..]),
+            "{kind:?}"
+        );
+        assert_eq!(
+            std::fs::read_link(sc.path("link")).unwrap().to_str(),
+            Some("target.txt"),
+            "{kind:?}"
+        );
+        assert!(
+            std::fs::symlink_metadata(sc.path("link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(sc.path("link")).unwrap(),
+            b"pointed at",
+            "{kind:?}: followed by the kernel"
+        );
+        assert_eq!(
+            std::fs::read(sc.path("made-elsewhere")).unwrap(),
+            b"pointed at",
+            "{kind:?}"
+        );
+        assert_eq!(
+            list(&sc.mountpoint),
+            vec!["link", "made-elsewhere", "target.txt"],
+            "{kind:?}"
+        );
+        std::fs::rename(sc.path("link"), sc.path("renamed")).unwrap();
+        assert_eq!(
+            server.get_direct("renamed.rclonelink").as_deref(),
+            Some(&b"target.txt"[..]),
+            "{kind:?}"
+        );
+        std::fs::remove_file(sc.path("renamed")).unwrap();
+        assert_eq!(server.get_direct("renamed.rclonelink"), None, "{kind:?}");
         sc.stop();
     }
 }

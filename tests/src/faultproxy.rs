@@ -62,7 +62,11 @@ pub enum S3Op {
 impl S3Op {
     /// Classifies a request.
     pub fn classify(method: &http::Method, query: &str, headers: &http::HeaderMap) -> S3Op {
-        let has = |k: &str| query.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
+        let has = |k: &str| {
+            query
+                .split('&')
+                .any(|p| p == k || p.starts_with(&format!("{k}=")))
+        };
         let copy = headers.contains_key("x-amz-copy-source");
         match *method {
             http::Method::GET if has("list-type") || has("prefix") || has("delimiter") => S3Op::List,
@@ -148,24 +152,33 @@ pub struct FaultProxy {
 type ProxyBody = BoxBody<Bytes, std::io::Error>;
 
 fn full(b: impl Into<Bytes>) -> ProxyBody {
-    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(b.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 impl FaultProxy {
     /// Starts a proxy on `listen` (port 0 for any) forwarding to `upstream` (`host:port`, loopback).
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<FaultProxy> {
         if !upstream.ip().is_loopback() || !listen.ip().is_loopback() {
-            return Err(std::io::Error::other("the fault proxy only works on loopback addresses"));
+            return Err(std::io::Error::other(
+                "the fault proxy only works on loopback addresses",
+            ));
         }
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
-        let proxy = FaultProxy { addr, state: state.clone() };
+        let proxy = FaultProxy {
+            addr,
+            state: state.clone(),
+        };
         let this = proxy.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let this = this.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
@@ -192,17 +205,29 @@ impl FaultProxy {
 
     /// Requests seen so far, by operation.
     pub fn counts(&self) -> BTreeMap<S3Op, u64> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).counts.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .clone()
     }
 
     /// Resets the request counters.
     pub fn reset_counts(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).counts.clear();
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .clear();
     }
 
     /// Faults injected so far, by `OP fault-kind`.
     pub fn injected(&self) -> BTreeMap<String, u64> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).injected.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .injected
+            .clone()
     }
 
     /// Total faults injected so far.
@@ -255,7 +280,11 @@ impl FaultProxy {
             _ => {}
         }
         let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
         parts.uri = match format!("http://{upstream}{pq}").parse() {
             Ok(u) => u,
             Err(_) => return s3_error(400, "InvalidURI", "bad request URI"),
@@ -271,7 +300,8 @@ impl FaultProxy {
                 let doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
                            <Message>We encountered an internal error. Please try again.</Message></Error>";
                 let mut r = Response::new(full(doc));
-                r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/xml"));
+                r.headers_mut()
+                    .insert("content-type", http::HeaderValue::from_static("application/xml"));
                 r
             }
             Some(Fault::ResetMidBody { after_bytes }) => cut_body(parts, body, Some(after_bytes)).await,
@@ -322,10 +352,14 @@ async fn cut_body(parts: http::response::Parts, body: Incoming, after: Option<u6
     let head = bytes.slice(..keep);
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
         Ok(Frame::data(head)),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected: connection cut mid-body")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected: connection cut mid-body",
+        )),
     ];
     let mut resp = Response::from_parts(parts, StreamBody::new(futures::stream::iter(frames)).boxed());
-    resp.headers_mut().insert("content-length", http::HeaderValue::from(bytes.len()));
+    resp.headers_mut()
+        .insert("content-length", http::HeaderValue::from(bytes.len()));
     resp
 }
 
@@ -335,7 +369,8 @@ fn s3_error(status: u16, code: &str, message: &str) -> Response<ProxyBody> {
     );
     let mut r = Response::new(full(doc));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/xml"));
+    r.headers_mut()
+        .insert("content-type", http::HeaderValue::from_static("application/xml"));
     r
 }
 
@@ -354,20 +389,47 @@ mod tests {
         let h = http::HeaderMap::new();
         let mut copy = http::HeaderMap::new();
         copy.insert("x-amz-copy-source", http::HeaderValue::from_static("/b/k"));
-        assert_eq!(S3Op::classify(&http::Method::GET, "list-type=2&prefix=a%2F", &h), S3Op::List);
+        assert_eq!(
+            S3Op::classify(&http::Method::GET, "list-type=2&prefix=a%2F", &h),
+            S3Op::List
+        );
         assert_eq!(S3Op::classify(&http::Method::GET, "", &h), S3Op::Get);
-        assert_eq!(S3Op::classify(&http::Method::PUT, "partNumber=1&uploadId=x", &h), S3Op::MpuPart);
-        assert_eq!(S3Op::classify(&http::Method::PUT, "partNumber=1&uploadId=x", &copy), S3Op::MpuPartCopy);
+        assert_eq!(
+            S3Op::classify(&http::Method::PUT, "partNumber=1&uploadId=x", &h),
+            S3Op::MpuPart
+        );
+        assert_eq!(
+            S3Op::classify(&http::Method::PUT, "partNumber=1&uploadId=x", &copy),
+            S3Op::MpuPartCopy
+        );
         assert_eq!(S3Op::classify(&http::Method::PUT, "", &copy), S3Op::Copy);
-        assert_eq!(S3Op::classify(&http::Method::POST, "uploads", &h), S3Op::MpuCreate);
-        assert_eq!(S3Op::classify(&http::Method::POST, "uploadId=x", &h), S3Op::MpuComplete);
-        assert_eq!(S3Op::classify(&http::Method::DELETE, "uploadId=x", &h), S3Op::MpuAbort);
+        assert_eq!(
+            S3Op::classify(&http::Method::POST, "uploads", &h),
+            S3Op::MpuCreate
+        );
+        assert_eq!(
+            S3Op::classify(&http::Method::POST, "uploadId=x", &h),
+            S3Op::MpuComplete
+        );
+        assert_eq!(
+            S3Op::classify(&http::Method::DELETE, "uploadId=x", &h),
+            S3Op::MpuAbort
+        );
     }
 
     #[test]
     fn rules_hit_exactly_the_scripted_occurrences() {
-        let p = FaultProxy { addr: "127.0.0.1:1".parse().unwrap(), state: Default::default() };
-        p.set_rules(vec![Rule { op: S3Op::Get, nth: 2, count: 2, fault: Fault::SlowDown, path_contains: None }]);
+        let p = FaultProxy {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            state: Default::default(),
+        };
+        p.set_rules(vec![Rule {
+            op: S3Op::Get,
+            nth: 2,
+            count: 2,
+            fault: Fault::SlowDown,
+            path_contains: None,
+        }]);
         let hits: Vec<bool> = (0..5).map(|_| p.pick(S3Op::Get, "/b/k").is_some()).collect();
         assert_eq!(hits, [false, true, true, false, false]);
         assert_eq!(p.counts()[&S3Op::Get], 5);

@@ -54,7 +54,10 @@ use serde_json::Value;
 
 /// The command line of `s3mount-podrun`.
 #[derive(Debug, Parser)]
-#[command(name = "s3mount-podrun", about = "Run a Pod on this machine the way a kubelet would")]
+#[command(
+    name = "s3mount-podrun",
+    about = "Run a Pod on this machine the way a kubelet would"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -160,16 +163,22 @@ pub fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Review { pod, namespace, uid } => review(&pod, &namespace, &uid),
         Cmd::ApplyReview { pod, review } => apply_review(&pod, &review),
-        Cmd::Exec { state_dir, container, command } => {
-            container_pid(&state_dir, &container).and_then(|pid| ns_exec(pid, &command))
-        }
+        Cmd::Exec {
+            state_dir,
+            container,
+            command,
+        } => container_pid(&state_dir, &container).and_then(|pid| ns_exec(pid, &command)),
         Cmd::Pid { state_dir, container } => container_pid(&state_dir, &container).map(|pid| {
             println!("{pid}");
             0
         }),
-        Cmd::ContainerInit { binds, uid, gid, workdir, command } => {
-            container_init(&binds, uid, gid, workdir.as_deref(), &command)
-        }
+        Cmd::ContainerInit {
+            binds,
+            uid,
+            gid,
+            workdir,
+            command,
+        } => container_init(&binds, uid, gid, workdir.as_deref(), &command),
         Cmd::NsExec { pid, command } => ns_exec(pid, &command),
     };
     match result {
@@ -194,7 +203,10 @@ pub fn read_manifest(path: &Path) -> Result<Value> {
 
 fn review(pod: &Path, namespace: &str, uid: &str) -> Result<u8> {
     let pod = read_manifest(pod)?;
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let review = serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -222,13 +234,20 @@ fn review(pod: &Path, namespace: &str, uid: &str) -> Result<u8> {
 fn apply_review(pod: &Path, review: &Path) -> Result<u8> {
     let mut pod = read_manifest(pod)?;
     let review = read_manifest(review)?;
-    let response = review.get("response").ok_or_else(|| anyhow!("the review has no response"))?;
+    let response = review
+        .get("response")
+        .ok_or_else(|| anyhow!("the review has no response"))?;
     if response.get("allowed").and_then(Value::as_bool) != Some(true) {
-        let message = response.pointer("/status/message").and_then(Value::as_str).unwrap_or("");
+        let message = response
+            .pointer("/status/message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         bail!("the webhook denied the pod: {message}");
     }
     if let Some(patch) = response.get("patch").and_then(Value::as_str) {
-        let raw = base64::engine::general_purpose::STANDARD.decode(patch).context("patch is not base64")?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .context("patch is not base64")?;
         let patch: json_patch::Patch = serde_json::from_slice(&raw).context("patch is not a JSON patch")?;
         json_patch::patch(&mut pod, &patch).context("the patch does not apply to the pod")?;
     }
@@ -239,10 +258,15 @@ fn apply_review(pod: &Path, review: &Path) -> Result<u8> {
 fn container_pid(state_dir: &Path, container: &str) -> Result<i32> {
     let pod_dir = fs::read_to_string(state_dir.join("current-pod"))
         .with_context(|| format!("no pod is running under {}", state_dir.display()))?;
-    let pid_file = Path::new(pod_dir.trim()).join("containers").join(container).join("pid");
+    let pid_file = Path::new(pod_dir.trim())
+        .join("containers")
+        .join(container)
+        .join("pid");
     let pid = fs::read_to_string(&pid_file)
         .with_context(|| format!("container {container} is not running ({})", pid_file.display()))?;
-    pid.trim().parse().with_context(|| format!("bad pid in {}", pid_file.display()))
+    pid.trim()
+        .parse()
+        .with_context(|| format!("bad pid in {}", pid_file.display()))
 }
 
 fn ns_exec(pid: i32, command: &[String]) -> Result<u8> {
@@ -253,14 +277,19 @@ fn ns_exec(pid: i32, command: &[String]) -> Result<u8> {
 }
 
 fn exec(command: &[String], env: &[(String, String)]) -> Result<u8> {
-    let args: Vec<CString> =
-        command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().context("NUL in command")?;
+    let args: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("NUL in command")?;
     let env: Vec<CString> = env
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")))
         .collect::<Result<_, _>>()
         .context("NUL in environment")?;
-    let Some(program) = args.first() else { bail!("empty command") };
+    let Some(program) = args.first() else {
+        bail!("empty command")
+    };
     let err = execvpe(program, &args, &env).unwrap_err();
     bail!("exec {}: {err}", command[0])
 }
@@ -286,10 +315,22 @@ fn container_init(
             other => bail!("bad propagation {other}"),
         };
         fs::create_dir_all(dst).with_context(|| format!("creating mount point {dst}"))?;
-        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .with_context(|| format!("bind {src} -> {dst}"))?;
-        mount(None::<&str>, dst, None::<&str>, flag | MsFlags::MS_REC, None::<&str>)
-            .with_context(|| format!("propagation {prop} on {dst}"))?;
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {src} -> {dst}"))?;
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            flag | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("propagation {prop} on {dst}"))?;
     }
     if let Some(gid) = gid {
         setgroups(&[Gid::from_raw(gid)]).context("setgroups")?;
@@ -347,7 +388,9 @@ struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("pod_dir", &self.pod_dir).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("pod_dir", &self.pod_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -362,8 +405,14 @@ impl Node {
 fn run(args: RunArgs) -> Result<u8> {
     // Become the node: a mount namespace of our own, cut off from the machine's.
     unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) for the node (are you root?)")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("making / private in the node namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private in the node namespace")?;
     // SIGTERM / SIGINT are taken by a thread of ours (pod deletion); children unblock them.
     let signals = {
         let mut set = SigSet::empty();
@@ -377,11 +426,18 @@ fn run(args: RunArgs) -> Result<u8> {
     let pod: Pod = serde_json::from_value(pod_value.clone()).context("the manifest is not a valid Pod")?;
     let spec = pod.spec.clone().ok_or_else(|| anyhow!("the pod has no spec"))?;
     let meta = &pod.metadata;
-    let uid = meta.uid.clone().unwrap_or_else(|| format!("podrun-{}", std::process::id()));
+    let uid = meta
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("podrun-{}", std::process::id()));
     let name = meta
         .name
         .clone()
-        .or_else(|| meta.generate_name.as_ref().map(|g| format!("{g}{:05x}", std::process::id() & 0xfffff)))
+        .or_else(|| {
+            meta.generate_name
+                .as_ref()
+                .map(|g| format!("{g}{:05x}", std::process::id() & 0xfffff))
+        })
         .ok_or_else(|| anyhow!("the pod has neither name nor generateName"))?;
     let namespace = meta.namespace.clone().unwrap_or(args.namespace.clone());
 
@@ -390,11 +446,26 @@ fn run(args: RunArgs) -> Result<u8> {
     let pod_dir = state_dir.join("pods").join(&uid);
     fs::create_dir_all(&pod_dir)?;
     // The node directory is a shared mount in a peer group of its own.
-    mount(Some(&pod_dir), &pod_dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .context("bind-mounting the pod directory")?;
-    mount(None::<&str>, &pod_dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
-        .context("making the pod directory shared")?;
-    fs::write(state_dir.join("current-pod"), pod_dir.to_string_lossy().as_bytes())?;
+    mount(
+        Some(&pod_dir),
+        &pod_dir,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("bind-mounting the pod directory")?;
+    mount(
+        None::<&str>,
+        &pod_dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .context("making the pod directory shared")?;
+    fs::write(
+        state_dir.join("current-pod"),
+        pod_dir.to_string_lossy().as_bytes(),
+    )?;
     fs::write(state_dir.join("podrun.pid"), std::process::id().to_string())?;
 
     let node = Arc::new(Node {
@@ -404,7 +475,10 @@ fn run(args: RunArgs) -> Result<u8> {
         live: Mutex::new(BTreeMap::new()),
         log: Mutex::new(()),
     });
-    node.say(&format!("pod {namespace}/{name} (uid {uid}) on node dir {}", pod_dir.display()));
+    node.say(&format!(
+        "pod {namespace}/{name} (uid {uid}) on node dir {}",
+        pod_dir.display()
+    ));
 
     {
         let node = node.clone();
@@ -420,7 +494,15 @@ fn run(args: RunArgs) -> Result<u8> {
     let secrets = load_secrets(&args.secrets)?;
     let images = parse_pairs(&args.images, "--image")?;
     let path_maps = parse_pairs(&args.path_maps, "--path-map")?;
-    let ctx = Ctx { volumes, secrets, images, path_maps, name: name.clone(), namespace, uid: uid.clone() };
+    let ctx = Ctx {
+        volumes,
+        secrets,
+        images,
+        path_maps,
+        name: name.clone(),
+        namespace,
+        uid: uid.clone(),
+    };
     let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
 
     let mut sidecars: Vec<String> = Vec::new();
@@ -439,7 +521,10 @@ fn run(args: RunArgs) -> Result<u8> {
             handles.push(supervise(node.clone(), s.clone(), true));
             if let Some(probe) = &s.startup_probe {
                 if !run_probe(&node, &s.name, probe)? {
-                    node.say(&format!("startup probe of {} failed: the pod cannot start", s.name));
+                    node.say(&format!(
+                        "startup probe of {} failed: the pod cannot start",
+                        s.name
+                    ));
                     failed = true;
                     break;
                 }
@@ -449,7 +534,10 @@ fn run(args: RunArgs) -> Result<u8> {
             node.say(&format!("running init container {}", s.name));
             let code = run_to_completion(&node, &s)?;
             if code != 0 {
-                node.say(&format!("init container {} exited {code}: the pod failed", s.name));
+                node.say(&format!(
+                    "init container {} exited {code}: the pod failed",
+                    s.name
+                ));
                 failed = true;
                 break;
             }
@@ -471,7 +559,10 @@ fn run(args: RunArgs) -> Result<u8> {
                 node.say(&format!("running postStart hook of {}", s.name));
                 let ok = exec_in(&node, &s.name, hook, None)?;
                 if !ok {
-                    node.say(&format!("postStart hook of {} failed: killing the container", s.name));
+                    node.say(&format!(
+                        "postStart hook of {} failed: killing the container",
+                        s.name
+                    ));
                     signal_container(&node, &s.name, Signal::SIGKILL);
                 }
             }
@@ -485,7 +576,10 @@ fn run(args: RunArgs) -> Result<u8> {
         }
         let all_done = {
             let live = node.live.lock().unwrap_or_else(|e| e.into_inner());
-            !apps.is_empty() && apps.iter().all(|a| live.get(a).is_some_and(|l| !l.running && l.pid.is_none()))
+            !apps.is_empty()
+                && apps
+                    .iter()
+                    .all(|a| live.get(a).is_some_and(|l| !l.running && l.pid.is_none()))
         };
         if all_done && spec.restart_policy.as_deref() != Some("Always") {
             node.say("every regular container has exited: stopping the sidecars");
@@ -497,7 +591,10 @@ fn run(args: RunArgs) -> Result<u8> {
     // Termination, the kubelet's way: apps first, then sidecars in reverse order.
     node.stopping.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + grace;
-    node.say(&format!("terminating with a grace period of {}s", grace.as_secs()));
+    node.say(&format!(
+        "terminating with a grace period of {}s",
+        grace.as_secs()
+    ));
     for app in &apps {
         signal_container(&node, app, Signal::SIGTERM);
     }
@@ -509,7 +606,13 @@ fn run(args: RunArgs) -> Result<u8> {
     let all: Vec<String> = apps.iter().chain(sidecars.iter()).cloned().collect();
     let mut killed = Vec::new();
     for c in &all {
-        if node.live.lock().unwrap_or_else(|e| e.into_inner()).get(c).is_some_and(|l| l.pid.is_some()) {
+        if node
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(c)
+            .is_some_and(|l| l.pid.is_some())
+        {
             node.say(&format!("{c} outlived the grace period: SIGKILL"));
             signal_container(&node, c, Signal::SIGKILL);
             killed.push(c.clone());
@@ -529,18 +632,27 @@ fn run(args: RunArgs) -> Result<u8> {
     let statuses: serde_json::Map<String, Value> = {
         let live = node.live.lock().unwrap_or_else(|e| e.into_inner());
         live.iter()
-            .map(|(k, l)| (k.clone(), serde_json::json!({"exitCode": l.last_exit, "restarts": l.restarts})))
+            .map(|(k, l)| {
+                (
+                    k.clone(),
+                    serde_json::json!({"exitCode": l.last_exit, "restarts": l.restarts}),
+                )
+            })
             .collect()
     };
     let app_ok = {
         let live = node.live.lock().unwrap_or_else(|e| e.into_inner());
-        apps.iter().all(|a| live.get(a).and_then(|l| l.last_exit) == Some(0))
+        apps.iter()
+            .all(|a| live.get(a).and_then(|l| l.last_exit) == Some(0))
     };
     let status = serde_json::json!({
         "pod": name, "uid": uid, "failed": failed, "appsSucceeded": app_ok && !failed,
         "containers": statuses, "killedAfterGrace": killed, "mountsLeft": left,
     });
-    fs::write(pod_dir.join("status.json"), serde_json::to_string_pretty(&status)?)?;
+    fs::write(
+        pod_dir.join("status.json"),
+        serde_json::to_string_pretty(&status)?,
+    )?;
     let _ = umount2(&pod_dir, MntFlags::MNT_DETACH);
     let _ = fs::remove_file(state_dir.join("current-pod"));
     if left.is_empty() {
@@ -584,30 +696,67 @@ fn make_volumes(node: &Node, spec: &k8s_openapi::api::core::v1::PodSpec) -> Resu
         if let Some(hp) = &v.host_path {
             // The node's kubelet directory is our state directory; nothing else of the machine
             // is handed to a pod.
-            let rest = hp.path.strip_prefix(KUBELET_ROOT).filter(|r| r.is_empty() || r.starts_with('/'));
+            let rest = hp
+                .path
+                .strip_prefix(KUBELET_ROOT)
+                .filter(|r| r.is_empty() || r.starts_with('/'));
             let Some(rest) = rest else {
-                bail!("volume {}: hostPath {} is outside {KUBELET_ROOT}, refused by s3mount-podrun", v.name, hp.path);
+                bail!(
+                    "volume {}: hostPath {} is outside {KUBELET_ROOT}, refused by s3mount-podrun",
+                    v.name,
+                    hp.path
+                );
             };
-            let state_dir = node.pod_dir.parent().and_then(Path::parent).context("pod dir has no state dir")?;
+            let state_dir = node
+                .pod_dir
+                .parent()
+                .and_then(Path::parent)
+                .context("pod dir has no state dir")?;
             let path = state_dir.join(rest.trim_start_matches('/'));
             fs::create_dir_all(&path)?;
-            node.say(&format!("volume {} -> {} (hostPath {})", v.name, path.display(), hp.path));
+            node.say(&format!(
+                "volume {} -> {} (hostPath {})",
+                v.name,
+                path.display(),
+                hp.path
+            ));
             out.insert(v.name.clone(), Volume { path, tmpfs: false });
             continue;
         }
         let Some(ed) = &v.empty_dir else {
-            bail!("volume {}: only emptyDir and kubelet hostPath volumes are supported by s3mount-podrun", v.name);
+            bail!(
+                "volume {}: only emptyDir and kubelet hostPath volumes are supported by s3mount-podrun",
+                v.name
+            );
         };
-        let path = node.pod_dir.join("volumes").join("kubernetes.io~empty-dir").join(&v.name);
+        let path = node
+            .pod_dir
+            .join("volumes")
+            .join("kubernetes.io~empty-dir")
+            .join(&v.name);
         fs::create_dir_all(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o777))?;
         let tmpfs = ed.medium.as_deref() == Some("Memory");
         if tmpfs {
-            let size = ed.size_limit.as_ref().map(|q| format!("size={}", q.0.trim_end_matches('i')));
-            mount(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::empty(), size.as_deref())
-                .with_context(|| format!("tmpfs for volume {}", v.name))?;
+            let size = ed
+                .size_limit
+                .as_ref()
+                .map(|q| format!("size={}", q.0.trim_end_matches('i')));
+            mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                size.as_deref(),
+            )
+            .with_context(|| format!("tmpfs for volume {}", v.name))?;
         }
-        node.say(&format!("volume {} -> {}{}", v.name, path.display(), if tmpfs { " (tmpfs)" } else { "" }));
+        node.say(&format!(
+            "volume {} -> {}{}",
+            v.name,
+            path.display(),
+            if tmpfs { " (tmpfs)" } else { "" }
+        ));
         out.insert(v.name.clone(), Volume { path, tmpfs });
     }
     Ok(out)
@@ -620,15 +769,26 @@ fn load_secrets(files: &[PathBuf]) -> Result<BTreeMap<String, BTreeMap<String, S
         if v.get("kind").and_then(Value::as_str) != Some("Secret") {
             bail!("{} is not a Secret", f.display());
         }
-        let name = v.pointer("/metadata/name").and_then(Value::as_str).context("secret without name")?;
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .context("secret without name")?;
         let mut data = BTreeMap::new();
         for (k, val) in v.get("data").and_then(Value::as_object).into_iter().flatten() {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(val.as_str().unwrap_or(""))
                 .with_context(|| format!("secret {name} key {k} is not base64"))?;
-            data.insert(k.clone(), String::from_utf8(raw).context("secret value is not UTF-8")?);
+            data.insert(
+                k.clone(),
+                String::from_utf8(raw).context("secret value is not UTF-8")?,
+            );
         }
-        for (k, val) in v.get("stringData").and_then(Value::as_object).into_iter().flatten() {
+        for (k, val) in v
+            .get("stringData")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             data.insert(k.clone(), val.as_str().unwrap_or("").to_string());
         }
         out.insert(name.to_string(), data);
@@ -653,7 +813,10 @@ fn resolve(ctx: &Ctx, c: &Container, pod: &Value) -> Result<Spec> {
     let mut command: Vec<String> = match &c.command {
         Some(cmd) if !cmd.is_empty() => cmd.clone(),
         _ => vec![ctx.images.get(&image).cloned().ok_or_else(|| {
-            anyhow!("container {}: image {image} has no known entrypoint (pass --image {image}=PATH)", c.name)
+            anyhow!(
+                "container {}: image {image} has no known entrypoint (pass --image {image}=PATH)",
+                c.name
+            )
         })?],
     };
     command.extend(c.args.iter().flatten().cloned());
@@ -661,7 +824,10 @@ fn resolve(ctx: &Ctx, c: &Container, pod: &Value) -> Result<Spec> {
 
     let mut binds = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let vol = ctx.volumes.get(&m.name).ok_or_else(|| anyhow!("container {}: no volume {}", c.name, m.name))?;
+        let vol = ctx
+            .volumes
+            .get(&m.name)
+            .ok_or_else(|| anyhow!("container {}: no volume {}", c.name, m.name))?;
         let mut src = vol.path.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             src = src.join(sub);
@@ -685,9 +851,16 @@ fn resolve(ctx: &Ctx, c: &Container, pod: &Value) -> Result<Spec> {
         .and_then(|s| s.run_as_group)
         .or_else(|| pod_sc.and_then(|p| p.get("runAsGroup")).and_then(Value::as_i64))
         .map(|g| g as u32);
-    let startup_probe = c.startup_probe.as_ref().map(|p| probe_spec(ctx, &c.name, p, &env)).transpose()?;
+    let startup_probe = c
+        .startup_probe
+        .as_ref()
+        .map(|p| probe_spec(ctx, &c.name, p, &env))
+        .transpose()?;
     if c.readiness_probe.is_some() || c.liveness_probe.is_some() {
-        eprintln!("[podrun] container {}: readiness/liveness probes are not modelled, ignored", c.name);
+        eprintln!(
+            "[podrun] container {}: readiness/liveness probes are not modelled, ignored",
+            c.name
+        );
     }
     let post_start = c
         .lifecycle
@@ -769,7 +942,10 @@ fn expand(s: &str, env: &[(String, String)]) -> String {
 
 fn resolve_env(ctx: &Ctx, c: &Container, pod: &Value) -> Result<Vec<(String, String)>> {
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOSTNAME".into(), ctx.name.clone()),
         ("HOME".into(), "/root".into()),
     ];
@@ -804,13 +980,21 @@ fn env_value(
     if let Some(v) = &e.value {
         return Ok(Some(expand(v, so_far)));
     }
-    let Some(from) = &e.value_from else { return Ok(Some(String::new())) };
+    let Some(from) = &e.value_from else {
+        return Ok(Some(String::new()));
+    };
     if let Some(sk) = &from.secret_key_ref {
         let v = ctx.secrets.get(&sk.name).and_then(|d| d.get(&sk.key)).cloned();
         return match v {
             Some(v) => Ok(Some(v)),
             None if sk.optional == Some(true) => Ok(None),
-            None => bail!("container {}: env {}: secret {} has no key {}", c.name, e.name, sk.name, sk.key),
+            None => bail!(
+                "container {}: env {}: secret {} has no key {}",
+                c.name,
+                e.name,
+                sk.name,
+                sk.key
+            ),
         };
     }
     if let Some(fr) = &from.field_ref {
@@ -820,14 +1004,24 @@ fn env_value(
             "metadata.uid" => ctx.uid.clone(),
             "spec.nodeName" => "podrun-node".into(),
             "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
-            "spec.serviceAccountName" => {
-                pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default").into()
-            }
-            other => bail!("container {}: env {}: fieldRef {other} is not modelled", c.name, e.name),
+            "spec.serviceAccountName" => pod
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .into(),
+            other => bail!(
+                "container {}: env {}: fieldRef {other} is not modelled",
+                c.name,
+                e.name
+            ),
         };
         return Ok(Some(v));
     }
-    bail!("container {}: env {}: this valueFrom is not modelled", c.name, e.name)
+    bail!(
+        "container {}: env {}: this valueFrom is not modelled",
+        c.name,
+        e.name
+    )
 }
 
 fn spawn(node: &Node, s: &Spec) -> Result<Child> {
@@ -847,17 +1041,29 @@ fn spawn(node: &Node, s: &Spec) -> Result<Child> {
     }
     cmd.arg("--").args(&s.command);
     cmd.env_clear().envs(s.env.iter().map(|(k, v)| (k, v)));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting container {}", s.name))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting container {}", s.name))?;
     let dir = node.pod_dir.join("containers").join(&s.name);
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("pid"), child.id().to_string())?;
     let log_path = node.pod_dir.join("logs").join(format!("{}.log", s.name));
     fs::create_dir_all(log_path.parent().unwrap_or(Path::new("/")))?;
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-                   child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)]
-        .into_iter()
-        .flatten()
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
     {
         let name = s.name.clone();
         let path = log_path.clone();
@@ -877,7 +1083,10 @@ fn spawn(node: &Node, s: &Spec) -> Result<Child> {
 
 /// Runs a container, restarting it while the pod runs when `restart` is set.
 fn supervise(node: Arc<Node>, s: Spec, restart: bool) -> thread::JoinHandle<()> {
-    node.live.lock().unwrap_or_else(|e| e.into_inner()).insert(s.name.clone(), Live::default());
+    node.live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(s.name.clone(), Live::default());
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let handle = thread::spawn(move || {
         let mut started_tx = Some(started_tx);
@@ -908,7 +1117,12 @@ fn supervise(node: Arc<Node>, s: Spec, restart: bool) -> thread::JoinHandle<()> 
             if node.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            node.live.lock().unwrap_or_else(|e| e.into_inner()).entry(s.name.clone()).or_default().restarts += 1;
+            node.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(s.name.clone())
+                .or_default()
+                .restarts += 1;
             node.say(&format!("restarting container {} (restartPolicy Always)", s.name));
         }
     });
@@ -936,12 +1150,24 @@ fn record_exit(node: &Node, name: &str, code: i32) {
 fn run_to_completion(node: &Arc<Node>, s: &Spec) -> Result<i32> {
     let h = supervise(node.clone(), s.clone(), false);
     let _ = h.join();
-    Ok(node.live.lock().unwrap_or_else(|e| e.into_inner()).get(&s.name).and_then(|l| l.last_exit).unwrap_or(255))
+    Ok(node
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&s.name)
+        .and_then(|l| l.last_exit)
+        .unwrap_or(255))
 }
 
 fn wait_for_pid(node: &Node, name: &str) -> Option<i32> {
     for _ in 0..100 {
-        if let Some(pid) = node.live.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|l| l.pid) {
+        if let Some(pid) = node
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .and_then(|l| l.pid)
+        {
             return Some(pid);
         }
         thread::sleep(Duration::from_millis(20));
@@ -969,7 +1195,9 @@ fn run_probe(node: &Node, name: &str, p: &ProbeSpec) -> Result<bool> {
 
 /// Runs a command inside a container's mount namespace; true when it exits 0 in time.
 fn exec_in(node: &Node, name: &str, command: &[String], timeout: Option<Duration>) -> Result<bool> {
-    let Some(pid) = wait_for_pid(node, name) else { return Ok(false) };
+    let Some(pid) = wait_for_pid(node, name) else {
+        return Ok(false);
+    };
     let mut child = Command::new(&node.exe)
         .arg("ns-exec")
         .arg(format!("--pid={pid}"))
@@ -993,7 +1221,12 @@ fn exec_in(node: &Node, name: &str, command: &[String], timeout: Option<Duration
 }
 
 fn signal_container(node: &Node, name: &str, sig: Signal) {
-    let pid = node.live.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|l| l.pid);
+    let pid = node
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .and_then(|l| l.pid);
     if let Some(pid) = pid {
         node.say(&format!("{sig} -> {name}"));
         let _ = kill(Pid::from_raw(pid), sig);

@@ -7,12 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_s3mount-podrun")).parent().expect("binary has a directory").to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_s3mount-podrun"))
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
 }
 
 #[test]
 fn example_pod_reads_and_writes_the_bucket_through_the_injected_sidecar() {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let bins = bin_dir();
     for b in ["s3mount-webhook", "s3mount-sidecar", "s3mount-certs"] {
         assert!(
@@ -29,7 +34,11 @@ fn example_pod_reads_and_writes_the_bucket_through_the_injected_sidecar() {
         .expect("running scripts/demo.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "demo failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     for expected in [
         "sending the mutated pod again yields no patch",
         "written-by-app.txt is in the bucket with exact bytes",
@@ -38,6 +47,9 @@ fn example_pod_reads_and_writes_the_bucket_through_the_injected_sidecar() {
         "without HostToContainer the app does not see the remounted bucket",
         "DEMO PASSED",
     ] {
-        assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
     }
 }

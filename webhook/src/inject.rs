@@ -188,7 +188,7 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
         &mut errors,
     );
     let volumes = list(spec.get("volumes"), "spec.volumes")?;
-    for v in &volumes {
+    for v in volumes {
         let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
         if name == CACHE_VOLUME
             || name == KUBELET_PODS_VOLUME
@@ -390,10 +390,10 @@ fn read_annotations(pod: &Value) -> Result<BTreeMap<String, String>, InjectError
     }
 }
 
-fn list(v: Option<&Value>, what: &str) -> Result<Vec<Value>, Vec<InjectError>> {
+fn list<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a [Value], Vec<InjectError>> {
     match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) if a.iter().all(Value::is_object) => Ok(a.clone()),
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_object) => Ok(a.as_slice()),
         Some(_) => Err(vec![InjectError::Malformed(format!(
             "{what} is not a list of objects"
         ))]),

@@ -138,10 +138,12 @@ pub fn request_namespace(body: &Value) -> Option<&str> {
 
 /// Answers one AdmissionReview (already checked by [`parse_body`]).
 pub fn mutate(body: &Value, ctx: &Context, namespace: NamespaceView<'_>) -> Result<Reviewed, ReviewError> {
+    // The typed envelope is read without the objects: the pod is used raw (so unknown fields
+    // survive), and not copying it into kube's types keeps a request cheap.
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(body.clone()).map_err(ReviewError::BadRequest)?;
+        serde_json::from_value(envelope(body)).map_err(ReviewError::BadRequest)?;
     let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    let raw = body.pointer("/request/object").cloned().unwrap_or(Value::Null);
+    let raw = body.pointer("/request/object").unwrap_or(&Value::Null);
     let info = RequestInfo {
         uid: req.uid.clone(),
         namespace: request_namespace(body).unwrap_or_default().to_owned(),
@@ -229,11 +231,11 @@ impl Reviewed {
     /// The answer as JSON, with the patch as a base64 string (the form the Kubernetes API
     /// documents; kube's type would write it as an array of numbers).
     pub fn to_json(&self) -> Value {
-        let mut v = serde_json::to_value(&self.review).unwrap_or(Value::Null);
-        if let Some(patch) = self.review.response.as_ref().and_then(|r| r.patch.as_ref())
-            && let Some(slot) = v.pointer_mut("/response/patch")
-        {
-            *slot = Value::String(BASE64_STANDARD.encode(patch));
+        let mut review = self.review.clone();
+        let patch = review.response.as_mut().and_then(|r| r.patch.take());
+        let mut v = serde_json::to_value(&review).unwrap_or(Value::Null);
+        if let (Some(patch), Some(response)) = (patch, v.get_mut("response").and_then(Value::as_object_mut)) {
+            response.insert("patch".to_owned(), Value::String(BASE64_STANDARD.encode(patch)));
         }
         v
     }
@@ -243,6 +245,26 @@ impl Reviewed {
         let bytes = self.review.response.as_ref()?.patch.as_ref()?;
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// The review without `request.object` and `request.oldObject`.
+fn envelope(body: &Value) -> Value {
+    let strip = |v: &Value, drop: &[&str]| -> Value {
+        match v.as_object() {
+            Some(map) => Value::Object(
+                map.iter()
+                    .filter(|(k, _)| !drop.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => v.clone(),
+        }
+    };
+    let mut out = strip(body, &["request"]);
+    if let (Some(o), Some(req)) = (out.as_object_mut(), body.get("request")) {
+        o.insert("request".to_owned(), strip(req, &["object", "oldObject"]));
+    }
+    out
 }
 
 fn pod_name(pod: &Value) -> String {

@@ -132,7 +132,7 @@ fn native_sidecar_matches_the_interface_contract() {
         s["args"],
         json!([
             "--bucket=demo",
-            "--mountpoint=/s3mount/mnt/default",
+            "--mountpoint=/s3mount/kubelet-pods/$(S3MOUNT_POD_UID)/volumes/kubernetes.io~empty-dir/s3mount-default",
             "--endpoint=http://127.0.0.1:9000",
             "--region=us-east-1",
             "--path-style",
@@ -156,19 +156,33 @@ fn native_sidecar_matches_the_interface_contract() {
         s["volumeMounts"],
         json!([
             {"name": "s3mount-default", "mountPath": "/s3mount/mnt/default", "mountPropagation": "Bidirectional"},
-            {"name": "s3mount-cache", "mountPath": "/s3mount/cache"}
+            {"name": "s3mount-cache", "mountPath": "/s3mount/cache"},
+            {"name": "s3mount-kubelet-pods", "mountPath": "/s3mount/kubelet-pods", "mountPropagation": "Bidirectional"}
         ])
     );
     let env = s["env"].as_array().unwrap();
     assert_eq!(
-        env[0]["valueFrom"]["secretKeyRef"],
+        env[0],
+        json!({"name": "S3MOUNT_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}})
+    );
+    assert_eq!(
+        env[1]["valueFrom"]["secretKeyRef"],
         json!({"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"})
     );
     assert_eq!(
-        env[1]["valueFrom"]["secretKeyRef"]["key"],
+        env[2]["valueFrom"]["secretKeyRef"]["key"],
         "AWS_SECRET_ACCESS_KEY"
     );
-    assert_eq!(env[2]["valueFrom"]["secretKeyRef"]["optional"], true);
+    assert_eq!(env[3]["valueFrom"]["secretKeyRef"]["optional"], true);
+    let hostpath = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "s3mount-kubelet-pods");
+    assert_eq!(
+        hostpath.unwrap()["hostPath"],
+        json!({"path": "/var/lib/kubelet/pods", "type": "Directory"})
+    );
     let vols: Vec<&str> = pod["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -259,9 +273,9 @@ fn chosen_containers_and_init_containers_get_the_mounts_in_native_mode() {
         args,
         vec![
             "--bucket=raw-events",
-            "--mountpoint=/s3mount/mnt/default",
+            "--mountpoint=/s3mount/kubelet-pods/$(S3MOUNT_POD_UID)/volumes/kubernetes.io~empty-dir/s3mount-default",
             "--bucket=curated-events",
-            "--mountpoint=/s3mount/mnt/out",
+            "--mountpoint=/s3mount/kubelet-pods/$(S3MOUNT_POD_UID)/volumes/kubernetes.io~empty-dir/s3mount-out",
             "--cache-dir=/s3mount/cache",
             "--grace-period=120s",
             "--log-level=debug"
@@ -338,7 +352,13 @@ fn memory_cache_gets_a_memory_volume_with_size_limit_and_fitting_resources() {
     let (_, s) = sidecar(&pod, Lifecycle::Native);
     assert_eq!(s["resources"]["limits"]["memory"], "1Gi");
     assert_eq!(s["resources"]["requests"]["memory"], "576Mi");
-    assert!(s.get("env").is_none(), "anonymous: no credentials wired");
+    let env: Vec<&str> = s["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, vec!["S3MOUNT_POD_UID"], "anonymous: no credentials wired");
     assert!(s["args"].as_array().unwrap().contains(&json!("--anonymous")));
 }
 
@@ -525,7 +545,13 @@ fn identity_added_by_a_later_webhook_reaches_the_sidecar_on_reinvocation() {
     app["volumeMounts"].as_array_mut().unwrap().truncate(1);
     let injected = apply(&bare, &run(&bare, Lifecycle::Native));
     let (_, s) = sidecar(&injected, Lifecycle::Native);
-    assert!(s.get("env").is_none());
+    assert!(
+        !s["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "AWS_ROLE_ARN")
+    );
     // Then the IRSA webhook adds its env and token mount to the app container; we are reinvoked.
     let mut later = injected.clone();
     later["spec"]["containers"][0] = body["request"]["object"]["spec"]["containers"][0].clone();

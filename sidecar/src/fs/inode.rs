@@ -11,7 +11,7 @@
 //! - The negative cache remembers paths found missing; an entry is ignored as soon as a live
 //!   node exists at or below it, so it never hides a directory this mount knows about.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,13 +30,15 @@ impl Ino {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fh(pub u64);
 
-/// File or directory (symlinks are not supported, see SEMANTICS.md).
+/// What an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// A regular file: one object.
     File,
     /// A directory: a key prefix, with or without a marker object.
     Dir,
+    /// A symbolic link: the object `name.rclonelink` holding the target (see [`crate::fs::names`]).
+    Symlink,
 }
 
 /// What a listing, HEAD or upload said about an object.
@@ -92,7 +94,8 @@ impl Node {
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<Ino, Node>,
-    by_path: HashMap<String, Ino>,
+    /// Sorted, so that everything below a path is one range.
+    by_path: BTreeMap<String, Ino>,
     negative: HashMap<String, Instant>,
     next: u64,
 }
@@ -117,7 +120,7 @@ impl InodeTable {
         };
         InodeTable {
             nodes: HashMap::from([(Ino::ROOT, root)]),
-            by_path: HashMap::from([(String::new(), Ino::ROOT)]),
+            by_path: BTreeMap::from([(String::new(), Ino::ROOT)]),
             negative: HashMap::new(),
             next: Ino::ROOT.0 + 1,
         }
@@ -255,7 +258,12 @@ impl InodeTable {
             return false;
         }
         let below = format!("{path}/");
-        !self.by_path.keys().any(|p| p == path || p.starts_with(&below))
+        !self.by_path.contains_key(path)
+            && !self
+                .by_path
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|(p, _)| p.starts_with(&below))
     }
 
     /// Live nodes directly inside the directory at `dir` that exist only here (files whose upload

@@ -76,6 +76,16 @@ pub fn dir_key(prefix: &str, path: &str) -> String {
     }
 }
 
+/// Suffix of the object that stores a symbolic link: `name.rclonelink` holds the target of the
+/// link `name`. This is rclone's convention (`--links`), so links made by either tool are read by
+/// both. A file whose own name ends in `.rclonelink` is therefore shown as a link.
+pub const LINK_SUFFIX: &str = ".rclonelink";
+
+/// The key of the symbolic link at `path`.
+pub fn link_key(prefix: &str, path: &str) -> String {
+    format!("{prefix}{path}{LINK_SUFFIX}")
+}
+
 /// Refuses a key S3 would refuse.
 pub fn check_key(key: &str) -> FsResult<()> {
     if key.len() > MAX_KEY_LEN {

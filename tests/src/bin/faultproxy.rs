@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "s3mount-faultproxy", about = "Fault-injecting proxy in front of a loopback S3 server")]
+#[command(
+    name = "s3mount-faultproxy",
+    about = "Fault-injecting proxy in front of a loopback S3 server"
+)]
 struct Args {
     /// Address to listen on (loopback only).
     #[arg(long, default_value = "127.0.0.1:0")]
