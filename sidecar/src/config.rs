@@ -135,6 +135,9 @@ pub enum Command {
     Mount(Box<MountConfig>),
     /// Check mountpoints and exit.
     Probe(ProbeConfig),
+    /// Several mounts served by one process (more than one `--bucket` group); the process-wide
+    /// settings (cache, health, grace period, logging) are the same in each.
+    MountMany(Vec<MountConfig>),
 }
 
 /// Log line format.
@@ -226,11 +229,111 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if let Some(groups) = mount_groups(&args) {
+        return parse_groups(groups);
+    }
     let cli = Cli::try_parse_from(args)?;
     match cli.command {
         Some(CliCommand::Probe(probe)) => validate_probe(probe).map(Command::Probe),
         None => validate_mount(cli.mount).map(|m| Command::Mount(Box::new(m))),
     }
+}
+
+/// Flags that describe one mount; every other flag is process-wide.
+const MOUNT_FLAGS: &[&str] = &[
+    "--bucket",
+    "--prefix",
+    "--mountpoint",
+    "--endpoint",
+    "--region",
+    "--path-style",
+    "--read-only",
+    "--anonymous",
+];
+/// The mount flags that take a value.
+const MOUNT_VALUE_FLAGS: &[&str] = &["--bucket", "--prefix", "--mountpoint", "--endpoint", "--region"];
+
+/// Several mounts in one process: the command line holds more than one `--bucket`, and each
+/// `--bucket` starts a group of mount flags (mount flags before the first `--bucket` belong to the
+/// first group). Returns one full command line per mount (program, process-wide flags, that
+/// mount's flags), or `None` for the ordinary one-mount form.
+fn mount_groups(args: &[OsString]) -> Option<Vec<Vec<OsString>>> {
+    let flag_of = |a: &OsString| -> Option<String> {
+        let s = a.to_str()?;
+        let name = s.split_once('=').map_or(s, |(n, _)| n);
+        MOUNT_FLAGS.contains(&name).then(|| name.to_string())
+    };
+    let buckets = args
+        .iter()
+        .filter(|a| flag_of(a).as_deref() == Some("--bucket"))
+        .count();
+    if buckets < 2 || args.get(1).is_some_and(|a| a == "probe") {
+        return None;
+    }
+    let mut global: Vec<OsString> = Vec::new();
+    let mut groups: Vec<Vec<OsString>> = Vec::new();
+    let mut leading: Vec<OsString> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let Some(flag) = (i > 0).then(|| flag_of(arg)).flatten() else {
+            global.push(arg.clone());
+            i += 1;
+            continue;
+        };
+        let mut item = vec![arg.clone()];
+        let inline_value = arg.to_str().is_some_and(|s| s.contains('='));
+        if MOUNT_VALUE_FLAGS.contains(&flag.as_str()) && !inline_value && i + 1 < args.len() {
+            item.push(args[i + 1].clone());
+            i += 1;
+        }
+        i += 1;
+        if flag == "--bucket" {
+            let mut group = std::mem::take(&mut leading);
+            group.extend(item);
+            groups.push(group);
+        } else if let Some(group) = groups.last_mut() {
+            group.extend(item);
+        } else {
+            leading.extend(item);
+        }
+    }
+    Some(
+        groups
+            .into_iter()
+            .map(|g| global.iter().cloned().chain(g).collect())
+            .collect(),
+    )
+}
+
+fn parse_groups(groups: Vec<Vec<OsString>>) -> Result<Command, ConfigError> {
+    let mut mounts = Vec::new();
+    let mut errors = Vec::new();
+    for (n, argv) in groups.into_iter().enumerate() {
+        let cli = Cli::try_parse_from(argv)?;
+        match validate_mount(cli.mount) {
+            Ok(m) => mounts.push(m),
+            Err(ConfigError::Invalid(errs)) => {
+                errors.extend(errs.into_iter().map(|e| format!("mount #{}: {e}", n + 1)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for (i, a) in mounts.iter().enumerate() {
+        for b in &mounts[i + 1..] {
+            if a.mountpoint == b.mountpoint {
+                errors.push(format!(
+                    "two mounts use the same --mountpoint {}",
+                    a.mountpoint.display()
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    Ok(Command::MountMany(mounts))
 }
 
 fn validate_probe(args: ProbeArgs) -> Result<ProbeConfig, ConfigError> {

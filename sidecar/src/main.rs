@@ -39,22 +39,30 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Probe(probe) => exit(probe::run(&probe)),
-        Command::Mount(config) => {
-            init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(error = %e, "cannot start the async runtime");
-                    return exit(1);
-                }
-            };
-            match runtime.block_on(run(config)) {
-                Ok(()) => exit(0),
-                Err(e) => {
-                    error!(error = format!("{e:#}"), "s3mount-sidecar failed");
-                    exit(1)
-                }
-            }
+        Command::Mount(config) => serve(vec![*config]),
+        Command::MountMany(configs) => serve(configs),
+    }
+}
+
+/// Runs every mount of the command line in one process until a signal.
+fn serve(configs: Vec<MountConfig>) -> ExitCode {
+    let Some(config) = configs.first() else {
+        eprintln!("s3mount-sidecar: no mount given");
+        return exit(config::EXIT_BAD_CONFIG);
+    };
+    init_logging(config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return exit(1);
+        }
+    };
+    match runtime.block_on(run(configs)) {
+        Ok(()) => exit(0),
+        Err(e) => {
+            error!(error = format!("{e:#}"), "s3mount-sidecar failed");
+            exit(1)
         }
     }
 }
@@ -74,21 +82,85 @@ fn init_logging(config: &MountConfig) {
     }
 }
 
-/// Mount, serve, and on a signal: flush, unmount.
-async fn run(config: Box<MountConfig>) -> anyhow::Result<()> {
-    info!(config = %config, version = env!("CARGO_PKG_VERSION"), "s3mount-sidecar starting");
+/// One mount being served.
+struct Running {
+    config: MountConfig,
+    fs: Arc<Fs<S3Store>>,
+    session: fuser::BackgroundSession,
+    cache_dir: std::path::PathBuf,
+    temporary: bool,
+}
+
+/// Mount everything, serve, and on a signal: flush, unmount.
+async fn run(configs: Vec<MountConfig>) -> anyhow::Result<()> {
+    let first = configs.first().context("no mount given")?.clone();
+    for config in &configs {
+        info!(config = %config, version = env!("CARGO_PKG_VERSION"), "s3mount-sidecar starting");
+    }
     let health = Arc::new(Health::new());
-    let bound = health::serve(config.health_listen, health.clone())
+    let bound = health::serve(first.health_listen, health.clone())
         .await
-        .with_context(|| format!("cannot listen on --health-listen {}", config.health_listen))?;
+        .with_context(|| format!("cannot listen on --health-listen {}", first.health_listen))?;
     info!(address = %bound, "health server listening (/livez, /readyz, /metrics)");
 
-    let (cache_dir, temporary) = match &config.cache_dir {
+    let count = configs.len();
+    let mut running: Vec<Running> = Vec::new();
+    for (index, config) in configs.into_iter().enumerate() {
+        match start(config, index, count, &health).await {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                // Leave nothing half-mounted behind when a later mount cannot start.
+                for r in &running {
+                    let _ = s3mount_sidecar::mountsys::unmount_all(&r.config.mountpoint);
+                }
+                return Err(e);
+            }
+        }
+    }
+    health.set_ready(true);
+
+    tokio::select! {
+        signal = shutdown::wait_for_signal() => {
+            info!(signal = signal.context("cannot install signal handlers")?, "shutting down");
+        }
+        () = wait_any_session_end(&running) => {
+            warn!("a FUSE session ended (unmounted from outside?); stopping every mount");
+        }
+    }
+    health.set_ready(false);
+    let deadline = tokio::time::Instant::now() + first.grace_period;
+    let results = futures::future::join_all(running.into_iter().map(|r| stop(r, deadline))).await;
+    let upload_failures: usize = results.into_iter().sum();
+    if upload_failures > 0 {
+        anyhow::bail!("{upload_failures} pending upload(s) not durable at exit");
+    }
+    Ok(())
+}
+
+/// Sets up the store, cache and filesystem of one mount, checks the bucket answers, and mounts.
+///
+/// With several mounts, each gets its own subdirectory of the cache directory and an equal share
+/// of `--cache-size`, so the total stays within what the pod's cache volume was sized for.
+async fn start(
+    config: MountConfig,
+    index: usize,
+    count: usize,
+    health: &Arc<Health>,
+) -> anyhow::Result<Running> {
+    let (base_dir, temporary) = match &config.cache_dir {
         Some(dir) => (dir.clone(), false),
         None => (
             std::env::temp_dir().join(format!("s3mount-{}", std::process::id())),
             true,
         ),
+    };
+    let (cache_dir, cache_size) = if count > 1 {
+        (
+            base_dir.join(format!("mount-{index}")),
+            (config.cache_size / count as u64).max(u64::from(DEFAULT_BLOCK_SIZE) * 4),
+        )
+    } else {
+        (base_dir, config.cache_size)
     };
     let store = Arc::new(S3Store::new(s3_config(&config)?).context("cannot set up the S3 client")?);
     let fs_config = FsConfig {
@@ -102,7 +174,7 @@ async fn run(config: Box<MountConfig>) -> anyhow::Result<()> {
         staging_dir: cache_dir.join("staging"),
         part_size: DEFAULT_PART_SIZE,
     };
-    let cache = BlockCache::open(cache_dir.join("blocks"), config.cache_size, DEFAULT_BLOCK_SIZE)
+    let cache = BlockCache::open(cache_dir.join("blocks"), cache_size, DEFAULT_BLOCK_SIZE)
         .context("cannot open the block cache")?;
     let endpoint = config
         .endpoint
@@ -129,23 +201,29 @@ async fn run(config: Box<MountConfig>) -> anyhow::Result<()> {
         health.clone(),
     )
     .with_context(|| format!("cannot mount at {}", config.mountpoint.display()))?;
-    health.set_ready(true);
     info!(mountpoint = %config.mountpoint.display(), bucket = %config.bucket, "mounted");
+    Ok(Running {
+        config,
+        fs,
+        session,
+        cache_dir,
+        temporary,
+    })
+}
 
-    tokio::select! {
-        signal = shutdown::wait_for_signal() => {
-            info!(signal = signal.context("cannot install signal handlers")?, "shutting down");
-        }
-        () = wait_session_end(&session) => {
-            warn!("the FUSE session ended (unmounted from outside?)");
-        }
-    }
-    health.set_ready(false);
-    let deadline = tokio::time::Instant::now() + config.grace_period;
+/// Flushes one mount within the deadline and unmounts it; returns how many uploads are not durable.
+async fn stop(running: Running, deadline: tokio::time::Instant) -> usize {
+    let Running {
+        config,
+        fs,
+        session,
+        cache_dir,
+        temporary,
+    } = running;
     let (upload_failures, out_of_time) = flush_until(&fs, deadline, config.grace_period).await;
-    // Detach first: a plain unmount fails with EBUSY while an app still has a file open, and the
-    // session must go on serving such files (their close uploads them) until the grace period ends.
-    // Every FUSE layer goes, including dead ones a killed predecessor left under ours.
+    // Every FUSE layer goes, including dead ones a killed predecessor left under ours. A busy
+    // layer is detached lazily: the session goes on serving files still open (their close
+    // uploads them) until the grace period ends.
     if let Err(e) = s3mount_sidecar::mountsys::unmount_all(&config.mountpoint) {
         warn!(error = %e, mountpoint = %config.mountpoint.display(), "cannot unmount");
     }
@@ -169,15 +247,15 @@ async fn run(config: Box<MountConfig>) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "FUSE session thread failed"),
         }
     } else {
-        error!("files still open at the end of the grace period; exiting with the mount detached");
+        error!(
+            mountpoint = %config.mountpoint.display(),
+            "files still open at the end of the grace period; exiting with the mount detached"
+        );
     }
     if temporary && upload_failures == 0 {
         let _ = std::fs::remove_dir_all(&cache_dir);
     }
-    if upload_failures > 0 {
-        anyhow::bail!("{upload_failures} pending upload(s) not durable at exit");
-    }
-    Ok(())
+    upload_failures
 }
 
 /// Uploads every pending file until `deadline`; returns how many failed or were left, and whether
@@ -196,7 +274,10 @@ async fn flush_until(
     match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(0)) => (0, false),
         Ok(Ok(n)) => {
-            error!(failed = n, "pending uploads failed; their staged data is kept in the cache directory");
+            error!(
+                failed = n,
+                "pending uploads failed; their staged data is kept in the cache directory"
+            );
             (n, false)
         }
         Ok(Err(e)) => {
@@ -216,8 +297,8 @@ fn report_not_uploaded(fs: &Fs<S3Store>, grace: Duration) -> usize {
     pending.len()
 }
 
-async fn wait_session_end(session: &fuser::BackgroundSession) {
-    while !session.guard.is_finished() {
+async fn wait_any_session_end(running: &[Running]) {
+    while !running.iter().any(|r| r.session.guard.is_finished()) {
         tokio::time::sleep(SESSION_POLL).await;
     }
 }

@@ -235,3 +235,48 @@ fn wrong_credentials_stop_the_sidecar_before_it_mounts() {
     assert!(stderr.contains("cannot reach the bucket"), "{stderr}");
     assert!(!is_mounted(&mountpoint));
 }
+
+#[test]
+fn one_process_serves_several_mounts_each_with_its_own_settings() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    server.put_direct("top.txt", b"top");
+    server.put_direct("sub/inner.txt", b"inner");
+    let second = tempfile::tempdir().unwrap();
+    let second_mnt = second.path().join("ro");
+    std::fs::create_dir(&second_mnt).unwrap();
+    let group = [
+        format!("--bucket={}", support::BUCKET),
+        format!("--mountpoint={}", second_mnt.display()),
+        format!("--endpoint={}", server.endpoint()),
+        "--path-style".to_string(),
+        "--prefix=sub/".to_string(),
+        "--read-only".to_string(),
+    ];
+    let extra: Vec<&str> = group.iter().map(String::as_str).collect();
+    let sc = Sidecar::start(&server, &extra);
+    let probe = std::process::Command::new(BIN)
+        .args(["probe", "--wait", "10s", "--mountpoint"])
+        .arg(&second_mnt)
+        .status()
+        .unwrap();
+    assert!(probe.success(), "the second mount serves");
+    assert_eq!(std::fs::read(sc.path("top.txt")).unwrap(), b"top");
+    assert_eq!(
+        std::fs::read(second_mnt.join("inner.txt")).unwrap(),
+        b"inner",
+        "the prefix applies"
+    );
+    let err = std::fs::write(second_mnt.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EROFS),
+        "read-only applies to the second mount only"
+    );
+    std::fs::write(sc.path("new.txt"), b"rw").unwrap();
+    assert_eq!(server.get_direct("new.txt").as_deref(), Some(&b"rw"[..]));
+    sc.stop();
+    assert!(!is_mounted(&second_mnt), "SIGTERM unmounts every mount");
+}
