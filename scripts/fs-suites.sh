@@ -14,6 +14,7 @@ work=$(mktemp -d /tmp/s3mount-fs-suites.XXXXXX)
 export AWS_ACCESS_KEY_ID=fs-suites-access-key
 export AWS_SECRET_ACCESS_KEY=fs-suites-secret-$RANDOM$RANDOM
 pids=()
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

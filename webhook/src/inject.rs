@@ -166,11 +166,11 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
             .ok_or_else(|| malformed("a container has no name"))
     };
     let (app_names, init_names) = (
-        names(&containers).map_err(|e| vec![e])?,
-        names(&init_containers).map_err(|e| vec![e])?,
+        names(containers).map_err(|e| vec![e])?,
+        names(init_containers).map_err(|e| vec![e])?,
     );
     if app_names.iter().chain(&init_names).any(|n| n == SIDECAR_NAME) {
-        return Ok(resync_identity(&wanted, &containers, &init_containers));
+        return Ok(resync_identity(&wanted, containers, init_containers));
     }
 
     let mut errors = Vec::new();
@@ -242,7 +242,7 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
         .and_then(Value::as_i64)
         .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
     let identity = if wanted.settings.secret.is_none() && !wanted.mounts.iter().all(|m| m.anonymous) {
-        pod_identity(&containers)
+        pod_identity(containers)
     } else {
         Identity::default()
     };

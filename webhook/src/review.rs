@@ -147,7 +147,7 @@ pub fn mutate(body: &Value, ctx: &Context, namespace: NamespaceView<'_>) -> Resu
     let info = RequestInfo {
         uid: req.uid.clone(),
         namespace: request_namespace(body).unwrap_or_default().to_owned(),
-        pod: pod_name(&raw),
+        pod: pod_name(raw),
         operation: format!("{:?}", req.operation).to_uppercase(),
         dry_run: req.dry_run,
     };
@@ -185,7 +185,7 @@ pub fn mutate(body: &Value, ctx: &Context, namespace: NamespaceView<'_>) -> Resu
             Vec::new(),
         ));
     }
-    let plan = match inject::plan(&raw, &ctx.inject) {
+    let plan = match inject::plan(raw, &ctx.inject) {
         Ok(p) => p,
         Err(errors) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -200,7 +200,7 @@ pub fn mutate(body: &Value, ctx: &Context, namespace: NamespaceView<'_>) -> Resu
     if let NamespaceView::Known(ns) = namespace {
         let (key, value) = &ctx.opt_in_label;
         let name = info.namespace.as_str();
-        let wanted = crate::annotations::parse(&inject::annotations_of(&raw))
+        let wanted = crate::annotations::parse(&inject::annotations_of(raw))
             .ok()
             .flatten();
         let decision = policy::check(name, ns, (key, value), wanted.as_ref());
