@@ -523,6 +523,12 @@ def machine():
 
 
 def versions(env):
+    try:
+        mtime = os.path.getmtime(env.sidecar)
+        built = f"{datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
+    except OSError:
+        built = "?"
+
     def first(cmd):
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -533,6 +539,7 @@ def versions(env):
         "s3mount": first(["git", "-C", TOP, "describe", "--always", "--dirty"]),
         "s3fs": first(["s3fs", "--version"]),
         "rclone": first([env.rclone, "version"]),
+        "sidecar_built": built,
     }
 
 
@@ -554,8 +561,9 @@ def report(bench, env, systems, elapsed):
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, took {elapsed / 60:.1f} min.")
     add("")
     add(f"- Machine: {machine()}; load average at the start {env.load_start}")
-    v = versions(env)
-    add(f"- Systems: s3mount `{v['s3mount']}` (release build), {v['s3fs']}, {v['rclone']}; server: "
+    v = env.versions
+    add(f"- Systems: s3mount `{v['s3mount']}` at the start (release binary built {v['sidecar_built']}), "
+        f"{v['s3fs']}, {v['rclone']}; server: "
         "`rclone serve s3` on 127.0.0.1 (local disk backend).")
     add(f"- Runs: median of {env.args.runs} interleaved run(s) per scenario (system order rotates per run); "
         "request counts from one extra pass through `s3mount-faultproxy` (direct: the client's own count, "
@@ -690,6 +698,7 @@ def main():
     if "s3fs" in systems and not shutil.which("s3fs"):
         sys.exit("bench: s3fs missing (scripts/setup.sh installs it)")
     start = time.monotonic()
+    env.versions = versions(env)
     bench = Bench(env)
     try:
         env.seed()

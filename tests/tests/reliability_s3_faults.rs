@@ -1,0 +1,375 @@
+//! Faults from S3, injected by the fault proxy between the real sidecar binary and a real S3
+//! server, observed through a real kernel mount (issue 6, "Faults from S3"):
+//!
+//! - reads after transient faults return the exact bytes, and each fault costs one retry;
+//! - exhausted retries give EIO, the log names the failed request, and nothing is cached;
+//! - throttled lookups are EIO, never ENOENT, and are not remembered as "not found";
+//! - a failed upload is EIO at fsync and close, its data stays staged and goes out at the next
+//!   fsync or at SIGTERM; what was acknowledged is in S3 with exact bytes.
+
+mod support;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use s3mount_tests::faultproxy::{Fault, S3Op};
+use support::{
+    Proxy, Rclone, Site, Watchdog, assert_bytes, close_checked, errno_of, pattern, require_mount, rule,
+};
+
+const OBJECT: usize = 3 * 1024 * 1024 + 12_345;
+/// The sidecar's retry policy: attempts per request, the first included (s3.rs `RetryConfig`).
+const ATTEMPTS: u64 = 6;
+
+fn read_all(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    File::open(path)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn reads_after_transient_faults_return_exact_bytes_and_each_fault_costs_one_retry() {
+    require_mount();
+    let _dog = Watchdog::new("reads_after_transient_faults", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let faults = [
+        Fault::SlowDown,
+        Fault::InternalError,
+        Fault::ResetMidBody { after_bytes: 1000 },
+        Fault::ShortBody,
+        Fault::SlowFirstByte { millis: 1500 },
+    ];
+    server.put_direct("baseline.bin", &pattern(100, OBJECT));
+    for i in 0..faults.len() {
+        server.put_direct(&format!("fault-{i}.bin"), &pattern(i as u64, OBJECT));
+    }
+    let sc = site.start(&proxy.endpoint(), &[]);
+
+    // The same read without faults: how many GETs a clean read of this size takes.
+    proxy.reset();
+    assert_bytes(
+        "baseline",
+        &read_all(&sc.path("baseline.bin")).expect("clean read"),
+        &pattern(100, OBJECT),
+    );
+    let clean_gets = proxy.count(S3Op::Get);
+    assert!(clean_gets > 0);
+
+    let mut verified = OBJECT as u64;
+    for (i, fault) in faults.iter().enumerate() {
+        let key = format!("fault-{i}.bin");
+        // Two faults on the first two GETs of this object (the first block, then its retry).
+        proxy.set(vec![rule(S3Op::Get, 1, 2, fault.clone(), Some(&key))]);
+        let before = proxy.injected();
+        proxy.reset();
+        let got =
+            read_all(&sc.path(&key)).unwrap_or_else(|e| panic!("read after {fault:?}: {e}\n{}", sc.log()));
+        assert_bytes(
+            &format!("{key} after {fault:?}"),
+            &got,
+            &pattern(i as u64, OBJECT),
+        );
+        verified += got.len() as u64;
+        let hit = proxy.injected() - before;
+        let gets = proxy.count(S3Op::Get);
+        if matches!(fault, Fault::SlowFirstByte { .. }) {
+            // A slow answer is not a failure: no retry.
+            assert_eq!(hit, 2, "{fault:?} was injected");
+            assert_eq!(
+                gets, clean_gets,
+                "{fault:?}: a slow first byte must not be retried"
+            );
+        } else {
+            assert_eq!(hit, 2, "{fault:?} was injected twice");
+            assert_eq!(
+                gets,
+                clean_gets + 2,
+                "{fault:?}: each fault costs exactly one more GET"
+            );
+        }
+        proxy.clear();
+    }
+    let (status, _, _) = sc.stop();
+    assert!(status.success());
+    support::summary(
+        "reads_after_transient_faults",
+        proxy.injected(),
+        verified,
+        &format!("kinds=slowdown,500,reset-mid-body,short-body,slow-first-byte clean_gets={clean_gets}"),
+    );
+}
+
+#[test]
+fn exhausted_retries_give_eio_name_the_failed_request_and_are_not_cached() {
+    require_mount();
+    let _dog = Watchdog::new("exhausted_retries", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let data = pattern(7, 1024 * 1024);
+    server.put_direct("unreachable.bin", &data);
+    let sc = site.start(&proxy.endpoint(), &[]);
+    assert_eq!(
+        std::fs::metadata(sc.path("unreachable.bin")).expect("stat").len(),
+        data.len() as u64
+    );
+
+    proxy.set(vec![rule(
+        S3Op::Get,
+        1,
+        0,
+        Fault::SlowDown,
+        Some("unreachable.bin"),
+    )]);
+    proxy.reset();
+    let err = errno_of(read_all(&sc.path("unreachable.bin")));
+    assert_eq!(
+        err,
+        Some(libc::EIO),
+        "a read whose GETs all fail is EIO\n{}",
+        sc.log()
+    );
+    let gets = proxy.count(S3Op::Get);
+    assert!(
+        gets >= ATTEMPTS && gets % ATTEMPTS == 0 && gets <= 4 * ATTEMPTS,
+        "retries must be bounded: {gets} GETs, expected a small multiple of {ATTEMPTS}"
+    );
+    let log = sc.log();
+    let named = log.lines().any(|l| {
+        l.contains("S3 request failed")
+            && l.contains("GET")
+            && l.contains("unreachable.bin")
+            && l.contains("SlowDown")
+    });
+    assert!(
+        named,
+        "the log must name the failed request, its key and why:\n{log}"
+    );
+
+    // The failure is not remembered: once S3 answers, the same read works.
+    proxy.clear();
+    assert_bytes(
+        "read after recovery",
+        &read_all(&sc.path("unreachable.bin")).expect("read"),
+        &data,
+    );
+    let (status, _, _) = sc.stop();
+    assert!(status.success());
+    support::summary(
+        "exhausted_retries",
+        proxy.injected(),
+        data.len() as u64,
+        &format!("gets_when_down={gets}"),
+    );
+}
+
+#[test]
+fn throttled_lookups_are_eio_never_enoent_and_not_cached_as_missing() {
+    require_mount();
+    let _dog = Watchdog::new("throttled_lookups", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let data = pattern(8, 4096);
+    server.put_direct("dir/present.txt", &data);
+    server.put_direct("present.txt", &data);
+    // A long TTL: a "not found" remembered by mistake would show for a minute.
+    let sc = site.start(&proxy.endpoint(), &["--metadata-ttl=60s"]);
+
+    proxy.set(vec![
+        rule(S3Op::Head, 1, 0, Fault::SlowDown, None),
+        rule(S3Op::List, 1, 0, Fault::SlowDown, None),
+    ]);
+    for name in ["present.txt", "absent.txt", "dir", "dir/present.txt"] {
+        let err = errno_of(std::fs::metadata(sc.path(name)));
+        assert_eq!(
+            err,
+            Some(libc::EIO),
+            "stat {name} during a 503 storm must be EIO, not {err:?}\n{}",
+            sc.log()
+        );
+    }
+    let err = errno_of(File::open(sc.path("present.txt")));
+    assert_eq!(err, Some(libc::EIO), "open during a 503 storm");
+    let storm = proxy.injected();
+    assert!(storm > 0);
+
+    proxy.clear();
+    for name in ["present.txt", "dir/present.txt"] {
+        let meta =
+            std::fs::metadata(sc.path(name)).unwrap_or_else(|e| panic!("stat {name} after the storm: {e}"));
+        assert_eq!(meta.len(), data.len() as u64);
+        assert_bytes(name, &read_all(&sc.path(name)).expect("read"), &data);
+    }
+    assert!(std::fs::metadata(sc.path("dir")).expect("stat dir").is_dir());
+    assert_eq!(
+        errno_of(std::fs::metadata(sc.path("absent.txt"))),
+        Some(libc::ENOENT)
+    );
+    let (status, _, _) = sc.stop();
+    assert!(status.success());
+    support::summary(
+        "throttled_lookups",
+        storm,
+        2 * data.len() as u64,
+        "errno_during_storm=EIO",
+    );
+}
+
+#[test]
+fn a_failed_put_is_eio_at_fsync_and_close_and_goes_out_at_the_next_fsync() {
+    require_mount();
+    let _dog = Watchdog::new("failed_put", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let sc = site.start(&proxy.endpoint(), &[]);
+    let data = pattern(9, 200 * 1024 + 3);
+
+    proxy.set(vec![rule(S3Op::Put, 1, 0, Fault::SlowDown, Some("kept.bin"))]);
+    let mut f = File::create(sc.path("kept.bin")).expect("create");
+    f.write_all(&data).expect("write");
+    assert_eq!(
+        errno_of(f.sync_all()),
+        Some(libc::EIO),
+        "fsync of an upload that fails\n{}",
+        sc.log()
+    );
+    assert_eq!(
+        errno_of(close_checked(f)),
+        Some(libc::EIO),
+        "close of an upload that fails"
+    );
+    assert!(server.get_direct("kept.bin").is_none(), "nothing reached S3");
+    assert!(
+        sc.log()
+            .lines()
+            .any(|l| l.contains("S3 request failed") && l.contains("PUT") && l.contains("kept.bin"))
+    );
+
+    // The data was kept: once S3 answers, the next fsync uploads it.
+    proxy.clear();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(sc.path("kept.bin"))
+        .expect("reopen for writing");
+    f.sync_all().expect("fsync after recovery");
+    assert_bytes(
+        "kept.bin in S3 after fsync",
+        &server.get_direct("kept.bin").expect("object"),
+        &data,
+    );
+    close_checked(f).expect("close");
+    assert_bytes(
+        "kept.bin through the mount",
+        &read_all(&sc.path("kept.bin")).expect("read"),
+        &data,
+    );
+    let (status, _, _) = sc.stop();
+    assert!(status.success());
+    support::summary(
+        "failed_put",
+        proxy.injected(),
+        2 * data.len() as u64,
+        "eio_at=fsync,close uploaded_at=next-fsync",
+    );
+}
+
+#[test]
+fn failed_multipart_uploads_are_eio_at_close_and_go_out_at_sigterm() {
+    require_mount();
+    let _dog = Watchdog::new("failed_multipart", Duration::from_secs(180));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let sc = site.start(&proxy.endpoint(), &["--grace-period=30s"]);
+    // Larger than one part (8 MiB), so both go as multipart uploads.
+    let size = 9 * 1024 * 1024 + 777;
+    let late = pattern(10, size);
+    let parts = pattern(11, size);
+
+    // CompleteMultipartUpload answering 200 with an <Error> document, and every part failing.
+    proxy.set(vec![
+        rule(
+            S3Op::MpuComplete,
+            1,
+            0,
+            Fault::ErrorDocument200,
+            Some("late-error.bin"),
+        ),
+        rule(S3Op::MpuPart, 1, 0, Fault::InternalError, Some("parts-down.bin")),
+    ]);
+    let writers: Vec<_> = [
+        ("late-error.bin", late.clone()),
+        ("parts-down.bin", parts.clone()),
+    ]
+    .into_iter()
+    .map(|(name, data)| {
+        let path = sc.path(name);
+        std::thread::spawn(move || {
+            let mut f = File::create(&path).expect("create");
+            f.write_all(&data).expect("write");
+            errno_of(close_checked(f))
+        })
+    })
+    .collect();
+    for (w, name) in writers.into_iter().zip(["late-error.bin", "parts-down.bin"]) {
+        assert_eq!(
+            w.join().expect("writer"),
+            Some(libc::EIO),
+            "close of {name} must report the failed upload\n{}",
+            sc.log()
+        );
+    }
+    assert!(
+        server.get_direct("parts-down.bin").is_none(),
+        "no part reached S3"
+    );
+    let log = sc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MPU_COMPLETE") && l.contains("late-error.bin")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MPU_PART") && l.contains("parts-down.bin")),
+        "{log}"
+    );
+
+    // S3 recovers; the staged data goes out at shutdown.
+    proxy.clear();
+    proxy.reset();
+    let (status, took, log) = sc.stop();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM after recovery uploads everything\n{log}"
+    );
+    assert!(
+        proxy.count(S3Op::MpuComplete) >= 2,
+        "both files were uploaded again at SIGTERM"
+    );
+    assert_bytes(
+        "late-error.bin",
+        &server.get_direct("late-error.bin").expect("object"),
+        &late,
+    );
+    assert_bytes(
+        "parts-down.bin",
+        &server.get_direct("parts-down.bin").expect("object"),
+        &parts,
+    );
+    support::summary(
+        "failed_multipart",
+        proxy.injected(),
+        2 * size as u64,
+        &format!(
+            "kinds=mpu-complete-200-error,mpu-part-500 uploaded_at=sigterm shutdown_ms={}",
+            took.as_millis()
+        ),
+    );
+}
