@@ -4,7 +4,10 @@
 //!
 //! Each block is one file, `blocks/<2 hex>/<sha256 of bucket, key, etag>-<index>.blk`, in the
 //! [`format`] that starts with a header naming the block (bucket, key, ETag, index, offset,
-//! length) and a CRC32C over header and data. A read checks all of it, so a block of another
+//! length, and which ranges of it the file holds) and a CRC32C over header and data. A block is
+//! usually stored whole ([`BlockCache::put`]); a random read stores only the bytes it fetched
+//! ([`BlockCache::put_range`]), merged with what the file held, under a per-block lock so that
+//! two merges never lose one another. A read checks all of it, so a block of another
 //! object version, a truncated file or a flipped bit is never served: the file is deleted and the
 //! read is a miss. A write goes to `tmp/` first and is renamed into place, so readers see either
 //! no file or a whole one. There is no fsync: after a crash a renamed file may be empty or short,
@@ -24,6 +27,7 @@ pub mod format;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +42,8 @@ pub use self::format::{BlockId, FORMAT_VERSION};
 pub const DEFAULT_BLOCK_SIZE: u32 = 1024 * 1024;
 /// Largest accepted block size: 64 MiB.
 pub const MAX_BLOCK_SIZE: u32 = 64 * 1024 * 1024;
+/// Locks that serialise writers of one block (chosen by a hash of the block id).
+const MERGE_STRIPES: usize = 64;
 
 /// Why the cache failed. Cache failures never fail a read: the caller fetches from S3 instead.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +84,7 @@ impl CacheError {
 pub struct CacheStats {
     /// Lookups that found a valid block.
     pub hits: u64,
-    /// Lookups that found nothing (or a block that failed its checks).
+    /// Lookups that found nothing (or a block that failed its checks, or lacked the bytes asked).
     pub misses: u64,
     /// Data bytes served from the cache.
     pub bytes_hit: u64,
@@ -179,6 +185,7 @@ pub struct BlockCache {
     evictions: AtomicU64,
     corrupt: AtomicU64,
     tmp_seq: AtomicU64,
+    merges: Vec<Mutex<()>>,
 }
 
 impl BlockCache {
@@ -230,6 +237,7 @@ impl BlockCache {
             evictions: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
+            merges: (0..MERGE_STRIPES).map(|_| Mutex::new(())).collect(),
         };
         let evicted = {
             let mut index = cache.lock();
@@ -282,26 +290,50 @@ impl BlockCache {
         }
     }
 
-    /// The data of block `id`, if cached and valid. Blocking file I/O: call from a blocking
-    /// context (`spawn_blocking`) in async code.
+    /// The data of block `id`, if the whole block is cached and valid. Blocking file I/O: call
+    /// from a blocking context (`spawn_blocking`) in async code.
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
+        self.lookup(id, None)
+    }
+
+    /// The bytes `range` (offsets inside the block) of block `id`, if cached and valid, whether
+    /// the block is cached whole or only in part. Blocking file I/O, like [`BlockCache::get`].
+    pub fn get_range(&self, id: &BlockId, range: Range<u32>) -> Option<Bytes> {
+        if range.is_empty() {
+            return Some(Bytes::new());
+        }
+        self.lookup(id, Some(range))
+    }
+
+    fn lookup(&self, id: &BlockId, want: Option<Range<u32>>) -> Option<Bytes> {
         let name = Self::file_name(id);
         let path = self.path_of(&name);
-        let offset = id.index * u64::from(self.block_size);
+        let miss = |cache: &Self| {
+            cache.misses.fetch_add(1, Ordering::Relaxed);
+            None
+        };
         let buf = match fs::read(&path) {
             Ok(b) => b,
             Err(_) => {
                 self.lock().remove(&name);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return miss(self);
             }
         };
-        match format::decode(&buf, id, offset) {
-            Ok(range) => {
+        match format::decode(&buf, id, self.offset_of(id)) {
+            Ok(decoded) => {
+                let found = match &want {
+                    None => decoded
+                        .is_complete()
+                        .then(|| decoded.ranges.first().map_or(0..0, |(_, at)| at.clone())),
+                    Some(want) => decoded.find(want),
+                };
                 if !self.lock().touch(&name) {
                     // A valid file the index lost track of (e.g. raced an eviction): adopt it.
                     self.lock().insert(name, buf.len() as u64);
                 }
+                let Some(range) = found else {
+                    return miss(self);
+                };
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 self.bytes_hit.fetch_add(range.len() as u64, Ordering::Relaxed);
                 Some(Bytes::from(buf).slice(range))
@@ -309,26 +341,79 @@ impl BlockCache {
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, key = %id.key, "discarding a bad cache block");
                 self.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.misses.fetch_add(1, Ordering::Relaxed);
                 self.lock().remove(&name);
                 let _ = fs::remove_file(&path);
-                None
+                miss(self)
             }
         }
+    }
+
+    fn offset_of(&self, id: &BlockId) -> u64 {
+        id.index * u64::from(self.block_size)
     }
 
     /// Stores block `id`. `data` must be the whole block (shorter only for the last block of an
     /// object). Blocking file I/O, like [`BlockCache::get`].
     pub fn put(&self, id: &BlockId, data: &[u8]) -> Result<(), CacheError> {
-        if data.len() > self.block_size as usize {
+        self.check_len(data.len())?;
+        let _merge = self.merge_lock(id);
+        let pieces: &[(u32, &[u8])] = if data.is_empty() { &[] } else { &[(0, data)] };
+        let encoded = format::encode(id, self.offset_of(id), data.len() as u32, pieces);
+        self.write_file(id, &encoded, data.len())
+    }
+
+    /// Stores the bytes at `start` of block `id`, whose whole length is `block_len`, next to
+    /// what the cache already holds of that block. Blocking file I/O, like [`BlockCache::get`].
+    pub fn put_range(&self, id: &BlockId, block_len: u32, start: u32, data: &[u8]) -> Result<(), CacheError> {
+        self.check_len(block_len as usize)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if start as usize + data.len() > block_len as usize {
             return Err(CacheError::InvalidConfig(format!(
-                "block of {} bytes exceeds the block size {}",
-                data.len(),
+                "range {start}+{} leaves a block of {block_len} bytes",
+                data.len()
+            )));
+        }
+        let _merge = self.merge_lock(id);
+        let offset = self.offset_of(id);
+        let old: Vec<(u32, Vec<u8>)> = match fs::read(self.path_of(&Self::file_name(id))) {
+            Ok(buf) => match format::decode(&buf, id, offset) {
+                Ok(d) if d.block_len == block_len => d
+                    .ranges
+                    .into_iter()
+                    .map(|(r, at)| (r.start, buf[at].to_vec()))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        let pieces = format::merge(old, (start, data.to_vec()));
+        let refs: Vec<(u32, &[u8])> = pieces.iter().map(|(s, d)| (*s, &d[..])).collect();
+        let encoded = format::encode(id, offset, block_len, &refs);
+        self.write_file(id, &encoded, data.len())
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), CacheError> {
+        if len > self.block_size as usize {
+            return Err(CacheError::InvalidConfig(format!(
+                "block of {len} bytes exceeds the block size {}",
                 self.block_size
             )));
         }
-        let offset = id.index * u64::from(self.block_size);
-        let encoded = format::encode(id, offset, data);
+        Ok(())
+    }
+
+    /// Serialises writers of one block, so that two merges of ranges never lose one another.
+    fn merge_lock(&self, id: &BlockId) -> std::sync::MutexGuard<'_, ()> {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(id, &mut h);
+        let stripe = (std::hash::Hasher::finish(&h) % MERGE_STRIPES as u64) as usize;
+        self.merges[stripe].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a block file through `tmp/` and a rename; `data_len` new bytes for the counters.
+    fn write_file(&self, id: &BlockId, encoded: &[u8], data_len: usize) -> Result<(), CacheError> {
         let size = encoded.len() as u64;
         if size > self.max_bytes {
             return Ok(());
@@ -346,14 +431,14 @@ impl BlockCache {
         };
         let result = (|| {
             fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
-            fs::write(&tmp, &encoded)?;
+            fs::write(&tmp, encoded)?;
             fs::rename(&tmp, &path)
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(write_err(e));
         }
-        self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_written.fetch_add(data_len as u64, Ordering::Relaxed);
         let evicted = {
             let mut index = self.lock();
             index.insert(name, size);

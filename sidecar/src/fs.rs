@@ -187,6 +187,17 @@ pub struct Fs<S> {
     markers: AtomicU8,
     /// Keys already warned about (hidden or unusable), so that each is logged once.
     warned: Mutex<HashSet<String>>,
+    /// Body bytes of uploads (PUT, UploadPart) being sent right now, for the metrics.
+    sending: AtomicU64,
+}
+
+/// Counts body bytes as uploads in flight until dropped.
+struct Sending<'a>(&'a AtomicU64, u64);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 const MARKERS_UNKNOWN: u8 = 0;
@@ -220,6 +231,7 @@ impl<S: ObjectStore> Fs<S> {
             next_staging: AtomicU64::new(1),
             markers: AtomicU8::new(MARKERS_UNKNOWN),
             warned: Mutex::new(HashSet::new()),
+            sending: AtomicU64::new(0),
         })
     }
 
@@ -880,6 +892,7 @@ impl<S: ObjectStore> Fs<S> {
                 }
             };
             let number = stream.parts.len() as u32 + 1;
+            let _sending = self.sending(body.len());
             match self
                 .store
                 .upload_part(&stream.key, &stream.upload_id, number, body)
@@ -926,6 +939,7 @@ impl<S: ObjectStore> Fs<S> {
             if size > stream.uploaded || stream.parts.is_empty() {
                 let tail = Bytes::from(staging.read_at(stream.uploaded, (size - stream.uploaded) as usize)?);
                 let number = stream.parts.len() as u32 + 1;
+                let _sending = self.sending(tail.len());
                 let done = self
                     .store
                     .upload_part(&stream.key, &stream.upload_id, number, tail)
@@ -1032,6 +1046,7 @@ impl<S: ObjectStore> Fs<S> {
         let part = self.config.part_size as u64;
         if size <= part {
             let body = Bytes::from(staging.read_at(0, size as usize)?);
+            let _sending = self.sending(body.len());
             let meta = self
                 .store
                 .put(key, body)
@@ -1068,6 +1083,7 @@ impl<S: ObjectStore> Fs<S> {
         while offset < size {
             let body = Bytes::from(staging.read_at(offset, part.min(size - offset) as usize)?);
             let number = parts.len() as u32 + 1;
+            let _sending = self.sending(body.len());
             let done = self
                 .store
                 .upload_part(key, id, number, body)
@@ -1564,6 +1580,39 @@ impl<S: ObjectStore> Fs<S> {
             .collect();
         paths.sort();
         paths
+    }
+
+    /// Body bytes of uploads being sent right now.
+    pub fn upload_bytes_in_flight(&self) -> u64 {
+        self.sending.load(Ordering::Relaxed)
+    }
+
+    fn sending(&self, bytes: usize) -> Sending<'_> {
+        self.sending.fetch_add(bytes as u64, Ordering::Relaxed);
+        Sending(&self.sending, bytes as u64)
+    }
+
+    /// Bytes staged and not yet in S3: the size of every staging file written since its last
+    /// upload (or being uploaded), less what a streaming upload has already sent.
+    pub fn dirty_bytes(&self) -> u64 {
+        let stagings: Vec<Arc<Staging>> = {
+            let table = self.table();
+            table
+                .staged()
+                .into_iter()
+                .filter_map(|ino| table.get(ino)?.staging.clone())
+                .collect()
+        };
+        stagings
+            .iter()
+            .filter(|s| s.is_dirty() || s.upload_lock.try_lock().is_err())
+            .map(|s| s.size().unwrap_or(0).saturating_sub(s.streamed()))
+            .sum()
+    }
+
+    /// The block cache reads go through, if any.
+    pub fn cache(&self) -> Option<&Arc<BlockCache>> {
+        self.reads.cache()
     }
 
     /// Figures for statfs: S3 has no bound, so "very large" and "mostly free".

@@ -192,6 +192,7 @@ async fn start(
         .list_page(&config.prefix, Some("/"), None, None, Some(1))
         .await
         .with_context(|| format!("cannot reach the bucket {:?}", config.bucket))?;
+    health.add_mount(&config.bucket, &config.mountpoint, fs.clone());
     let fsname = format!("s3mount:{}", config.bucket);
     let session = fuse::mount(
         fs.clone(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use s3mount_sidecar::cache::BlockCache;
-use s3mount_sidecar::reader::{ReadConfig, ReadPath};
+use s3mount_sidecar::reader::{RANDOM_ALIGN, ReadConfig, ReadPath};
 use s3mount_sidecar::s3::{Op, S3Store};
 use s3mount_sidecar::store::{ObjectMeta, ObjectStore, StoreError};
 use support::{S3Server, ServerKind};
@@ -127,7 +127,7 @@ async fn sequential_reads_return_exact_bytes_with_few_large_parallel_gets() {
 }
 
 #[tokio::test]
-async fn random_reads_fetch_only_the_blocks_they_touch() {
+async fn random_reads_fetch_only_their_aligned_bytes_without_a_cache() {
     let server = S3Server::start(ServerKind::Moto);
     let store = Arc::new(server.store());
     let body = data(32 * MIB as usize, 3);
@@ -136,19 +136,87 @@ async fn random_reads_fetch_only_the_blocks_they_touch() {
     let reader = path.open(&meta);
     let (before, _) = store.bytes_transferred();
     let offsets = [20 * MIB + 5, 3 * MIB + 100, 27 * MIB, 9 * MIB + 999_000, MIB / 2];
-    let mut blocks_touched = 0u64;
+    let mut expected = 0u64;
     for &o in &offsets {
         let got = reader.read(o, 256 * 1024).await.unwrap();
         assert_eq!(&got[..], &body[o as usize..o as usize + 256 * 1024]);
-        blocks_touched += (o + 256 * 1024 - 1) / MIB - o / MIB + 1;
+        let end = o + 256 * 1024;
+        expected += end.div_ceil(RANDOM_ALIGN) * RANDOM_ALIGN - o / RANDOM_ALIGN * RANDOM_ALIGN;
     }
     let (after, _) = store.bytes_transferred();
     assert_eq!(
         after - before,
-        blocks_touched * MIB,
-        "only the touched blocks are fetched"
+        expected,
+        "each read fetches its bytes widened to the alignment"
     );
     assert_eq!(store.request_count(Op::Get), offsets.len() as u64);
+}
+
+/// Issue 7: read amplification <= 1.25x for 256 KiB random reads, and warm random reads are
+/// served by the cache with no request.
+#[tokio::test]
+async fn random_256k_reads_amplify_at_most_1_25x_and_repeat_from_the_cache_with_no_get() {
+    let server = S3Server::start(ServerKind::Moto);
+    let store = Arc::new(server.store());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(BlockCache::open(dir.path(), 256 * MIB, 1024 * 1024).unwrap());
+    let body = data(64 * MIB as usize, 5);
+    let meta = put(&store, "random64", &body).await;
+    let path = ReadPath::new(store.clone(), Some(cache.clone()), config());
+    // A fixed xorshift sequence of 4 KiB-aligned offsets, like the kernel sends.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let len = 256 * 1024u64;
+    let offsets: Vec<u64> = (0..64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (meta.size - len)) / 4096 * 4096
+        })
+        .collect();
+    let reader = path.open(&meta);
+    let (before, _) = store.bytes_transferred();
+    let gets_before = store.request_count(Op::Get);
+    for &o in &offsets {
+        let got = reader.read(o, len as u32).await.unwrap();
+        assert!(got[..] == body[o as usize..(o + len) as usize], "bytes at {o}");
+    }
+    let fetched = store.bytes_transferred().0 - before;
+    let asked = len * offsets.len() as u64;
+    let amplification = fetched as f64 / asked as f64;
+    eprintln!("random 256 KiB reads: fetched {fetched} for {asked} read: {amplification:.3}x");
+    assert!(amplification <= 1.25, "amplification {amplification:.3}x");
+    assert!(store.request_count(Op::Get) > gets_before);
+
+    // The fills run in the background: wait until every fetched byte is in the cache.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().bytes_written < fetched {
+        assert!(Instant::now() < deadline, "cache fill: {:?}", cache.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gets = store.request_count(Op::Get);
+    let hit_before = cache.stats().bytes_hit;
+    for reader in [reader, path.open(&meta)] {
+        for &o in &offsets {
+            let got = reader.read(o, len as u32).await.unwrap();
+            assert!(
+                got[..] == body[o as usize..(o + len) as usize],
+                "warm bytes at {o}"
+            );
+        }
+    }
+    assert_eq!(
+        store.request_count(Op::Get),
+        gets,
+        "warm random reads cost no GET"
+    );
+    assert!(cache.stats().bytes_hit - hit_before >= 2 * asked);
+
+    // A sequential read over a block cached only in part fetches it and gets exact bytes.
+    let o = offsets[0] / MIB * MIB;
+    let seq = path.open(&meta);
+    let got = seq.read(o, MIB as u32).await.unwrap();
+    assert!(got[..] == body[o as usize..(o + MIB) as usize]);
 }
 
 #[tokio::test]

@@ -1,0 +1,127 @@
+//! `/metrics` of the real binary through a kernel mount: S3 requests by operation and status,
+//! bytes from S3 and from the block cache, cache hits and size, dirty and in-flight upload bytes.
+
+mod mount_common;
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use mount_common::{Sidecar, can_mount};
+use support::{BUCKET, S3Server, ServerKind};
+
+const MIB: usize = 1024 * 1024;
+
+/// The value of the sample `name{labels}` whose labels include every `want` pair; the sum when
+/// several match (e.g. every status of one operation).
+fn sample(metrics: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, labels) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name || !want.iter().all(|(k, v)| labels.contains(&format!("{k}=\"{v}\""))) {
+            continue;
+        }
+        *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+    }
+    found
+}
+
+fn wait_for(sc: &Sidecar, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = sc.health_get("/metrics").1;
+        if ok(&metrics) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "{what}; metrics:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn drop_page_cache() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+#[test]
+fn metrics_follow_s3_requests_cache_hits_and_staged_writes_by_mount() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let body: Vec<u8> = (0..24 * MIB).map(|i| (i * 31 / 7) as u8).collect();
+    server.put_direct("big.bin", &body);
+    let sc = Sidecar::start(&server, &[]);
+    let mnt = sc.mountpoint.display().to_string();
+    let mount = [("bucket", BUCKET), ("mountpoint", mnt.as_str())];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        mount.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let m = |metrics: &str, name: &str, extra: &[(&'static str, &'static str)]| {
+        sample(metrics, name, &with(extra)).unwrap_or_else(|| panic!("no {name} {extra:?} in:\n{metrics}"))
+    };
+
+    let before = sc.health_get("/metrics").1;
+    assert_eq!(m(&before, "s3mount_cache_served_bytes_total", &[]), 0.0);
+    drop_page_cache();
+    assert!(std::fs::read(sc.path("big.bin")).unwrap() == body, "first read");
+    // The cache fills in the background; wait until it holds the whole file.
+    let cold = wait_for(&sc, "cache fill", |t| {
+        sample(t, "s3mount_cache_size_bytes", &with(&[])).is_some_and(|v| v >= body.len() as f64)
+    });
+    let get_ok = |t: &str| {
+        m(
+            t,
+            "s3mount_s3_requests_total",
+            &[("op", "GET"), ("status", "200")],
+        )
+        .max(0.0)
+            + sample(
+                t,
+                "s3mount_s3_requests_total",
+                &with(&[("op", "GET"), ("status", "206")]),
+            )
+            .unwrap_or(0.0)
+    };
+    let gets_cold = get_ok(&cold);
+    assert!(
+        gets_cold > 0.0,
+        "GETs answered 200/206 after a cold read:\n{cold}"
+    );
+    assert!(m(&cold, "s3mount_s3_received_bytes_total", &[]) >= body.len() as f64);
+    assert!(m(&cold, "s3mount_cache_misses_total", &[]) > 0.0);
+    // FUSE requests are counted for the process, by operation.
+    assert!(sample(&cold, "s3mount_fuse_requests_total", &[("op", "read")]).is_some_and(|v| v > 0.0));
+
+    drop_page_cache();
+    assert!(std::fs::read(sc.path("big.bin")).unwrap() == body, "second read");
+    let warm = sc.health_get("/metrics").1;
+    assert_eq!(get_ok(&warm), gets_cold, "the second read costs no GET:\n{warm}");
+    let served = m(&warm, "s3mount_cache_served_bytes_total", &[]);
+    assert!(served >= body.len() as f64, "served {served} from the cache");
+    assert!(m(&warm, "s3mount_cache_hits_total", &[]) >= 24.0);
+    let ratio = m(&warm, "s3mount_cache_hit_ratio", &[]);
+    assert!(ratio > 0.4 && ratio <= 1.0, "hit ratio {ratio}");
+
+    // A file written and not yet closed is dirty; closing uploads it.
+    let mut f = std::fs::File::create(sc.path("new.bin")).unwrap();
+    f.write_all(&vec![7u8; 300_000]).unwrap();
+    let staged = wait_for(&sc, "dirty bytes", |t| {
+        sample(t, "s3mount_dirty_bytes", &with(&[])) == Some(300_000.0)
+    });
+    assert_eq!(m(&staged, "s3mount_upload_inflight_bytes", &[]), 0.0);
+    drop(f);
+    let done = sc.health_get("/metrics").1;
+    assert_eq!(m(&done, "s3mount_dirty_bytes", &[]), 0.0);
+    assert!(
+        m(
+            &done,
+            "s3mount_s3_requests_total",
+            &[("op", "PUT"), ("status", "200")]
+        ) >= 1.0
+    );
+    assert!(m(&done, "s3mount_s3_sent_bytes_total", &[]) >= 300_000.0);
+    sc.stop();
+}
