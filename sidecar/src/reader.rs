@@ -419,6 +419,11 @@ impl<S: ObjectStore> ObjectReader<S> {
     fn schedule(&self, st: &mut State, from: u64, to: u64, demand_last: u64) {
         let bs = self.inner.block_size;
         let part_blocks = (self.inner.cfg.part_size / bs).max(1);
+        let total_blocks = self.meta.size.div_ceil(bs);
+        // Read-ahead waits until the missing run at the front of the window is a whole part (or
+        // half the window while the window is still small, or reaches the end of the object):
+        // topping up one block per read would turn a stream into many small GETs.
+        let min_run = part_blocks.min((st.window / bs / 2).max(1));
         let mut i = from;
         while i < to {
             if st.slots.contains_key(&i) {
@@ -436,6 +441,9 @@ impl<S: ObjectStore> ObjectReader<S> {
                 if !self.prefetch_allowed(extra) {
                     j = demand_last + 1;
                 }
+            }
+            if !demand && j - i < min_run && j < total_blocks {
+                return;
             }
             let permit = if demand {
                 None

@@ -134,7 +134,7 @@ fn exhausted_retries_give_eio_name_the_failed_request_and_are_not_cached() {
     );
     let gets = proxy.count(S3Op::Get);
     assert!(
-        gets >= ATTEMPTS && gets % ATTEMPTS == 0 && gets <= 4 * ATTEMPTS,
+        gets >= ATTEMPTS && gets.is_multiple_of(ATTEMPTS) && gets <= 4 * ATTEMPTS,
         "retries must be bounded: {gets} GETs, expected a small multiple of {ATTEMPTS}"
     );
     let log = sc.log();
