@@ -120,6 +120,10 @@ struct MountArgs {
     /// Time the pod gives us after SIGTERM to flush.
     #[arg(long, env = "S3MOUNT_GRACE_PERIOD", default_value = DEFAULT_GRACE_PERIOD)]
     grace_period: String,
+    /// Flush, unmount and exit once the app containers' processes are gone (legacy sidecar mode
+    /// in a Job: needs `shareProcessNamespace: true`, see `apps`).
+    #[arg(long, env = "S3MOUNT_STOP_WHEN_APPS_EXIT")]
+    stop_when_apps_exit: bool,
     /// Tracing filter, e.g. `info` or `s3mount_sidecar=debug`.
     #[arg(long, env = "S3MOUNT_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
     log_level: String,
@@ -186,6 +190,8 @@ pub struct MountConfig {
     pub health_listen: SocketAddr,
     /// Time given to flushing after SIGTERM.
     pub grace_period: Duration,
+    /// Stop on our own once every app process has exited (legacy mode Jobs).
+    pub stop_when_apps_exit: bool,
     /// Tracing filter.
     pub log_level: String,
     /// Log line format.
@@ -489,6 +495,7 @@ fn validate_mount(args: MountArgs) -> Result<MountConfig, ConfigError> {
         metadata_ttl,
         health_listen,
         grace_period,
+        stop_when_apps_exit: args.stop_when_apps_exit,
         log_level: args.log_level,
         log_format,
     })

@@ -8,6 +8,7 @@
 //! (mount(2) of the FUSE device, stale layers, unmount), [`shutdown`] (signals) and
 //! [`mem_store`] (an in-memory store for tests).
 
+pub mod apps;
 pub mod cache;
 pub mod config;
 pub mod fs;

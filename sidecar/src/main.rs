@@ -126,6 +126,15 @@ async fn run(configs: Vec<MountConfig>) -> anyhow::Result<()> {
         () = wait_any_session_end(&running) => {
             warn!("a FUSE session ended (unmounted from outside?); stopping every mount");
         }
+        () = async {
+            if first.stop_when_apps_exit {
+                s3mount_sidecar::apps::wait_until_apps_exit().await
+            } else {
+                std::future::pending().await
+            }
+        } => {
+            info!("the app containers have exited (--stop-when-apps-exit): shutting down");
+        }
     }
     health.set_ready(false);
     let deadline = tokio::time::Instant::now() + first.grace_period;

@@ -280,3 +280,66 @@ fn one_process_serves_several_mounts_each_with_its_own_settings() {
     sc.stop();
     assert!(!is_mounted(&second_mnt), "SIGTERM unmounts every mount");
 }
+
+#[test]
+fn with_stop_when_apps_exit_the_sidecar_stops_once_the_app_processes_are_gone() {
+    if !can_mount() {
+        return;
+    }
+    // A pod with shareProcessNamespace: one PID namespace whose PID 1 stands in for the pause
+    // process, the sidecar, and an "app" that reads through the mount and then exits.
+    let server = S3Server::start(ServerKind::Rclone);
+    server.put_direct("job-input.txt", b"input");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "{BIN} --bucket={bucket} --mountpoint={m} --endpoint={ep} --path-style --cache-dir={c} \
+         --health-listen=127.0.0.1:{port} --stop-when-apps-exit 2>{log} & side=$!; \
+         {BIN} probe --mountpoint={m} --wait=20s || exit 9; \
+         (cat {m}/job-input.txt; echo; sleep 1); \
+         wait $side; echo sidecar-exit=$?",
+        bucket = support::BUCKET,
+        m = mnt.display(),
+        ep = server.endpoint(),
+        c = dir.path().join("cache").display(),
+        log = dir.path().join("sidecar.log").display(),
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("AWS_ACCESS_KEY_ID", support::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", support::SECRET_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
+    assert!(
+        stdout.contains("input"),
+        "the app read through the mount: {stdout}\n{log}"
+    );
+    assert!(
+        stdout.contains("sidecar-exit=0"),
+        "the sidecar stopped by itself with 0: {stdout}\n{log}"
+    );
+    assert!(log.contains("app containers have exited"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}

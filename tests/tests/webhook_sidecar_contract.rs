@@ -154,3 +154,31 @@ fn webhook_args_for_several_buckets_are_accepted_by_the_sidecar() {
             .all(|m| m.grace_period == std::time::Duration::from_secs(45))
     );
 }
+
+#[test]
+fn a_legacy_mode_job_shares_its_process_namespace_and_its_sidecar_stops_with_the_apps() {
+    let mut p = pod(json!({"s3.mount/bucket": "demo"}));
+    p["spec"]["restartPolicy"] = json!("Never");
+    let cfg = InjectConfig {
+        sidecar_image: "s3mount/sidecar:test".into(),
+        lifecycle: Lifecycle::Legacy,
+        image_pull_policy: None,
+    };
+    let Plan::Patch { ops, .. } = inject::plan(&p, &cfg).expect("accepted") else {
+        panic!("not patched")
+    };
+    let mut patched = p.clone();
+    json_patch::patch(&mut patched, &ops).expect("the patch applies");
+    assert_eq!(patched["spec"]["shareProcessNamespace"], json!(true));
+    let sidecar = injected_sidecar(&p, Lifecycle::Legacy);
+    let Command::Mount(m) = sidecar_accepts(&sidecar) else {
+        panic!("not a mount command")
+    };
+    assert!(m.stop_when_apps_exit);
+    // A long-running pod keeps its own process namespace and a sidecar that waits for SIGTERM.
+    let long_running = pod(json!({"s3.mount/bucket": "demo"}));
+    let Command::Mount(m) = sidecar_accepts(&injected_sidecar(&long_running, Lifecycle::Legacy)) else {
+        panic!("not a mount command")
+    };
+    assert!(!m.stop_when_apps_exit);
+}

@@ -17,5 +17,8 @@ fi
 cd "$top/fuzz"
 mkdir -p corpus
 echo "fuzz-webhook: ${seconds}s of cargo fuzz run admission"
-cargo "${toolchain[@]}" fuzz run admission corpus "$top/webhook/tests/fixtures" -- \
+# FUZZ_SANITIZER (default none for the smoke run in `make test`: the address sanitizer rebuilds
+# every dependency instrumented, which costs many minutes; the fuzz target itself checks every
+# answer, so a wrong answer or a panic is found without it). `make fuzz-webhook-long` uses address.
+cargo "${toolchain[@]}" fuzz run --sanitizer "${FUZZ_SANITIZER:-none}" admission corpus "$top/webhook/tests/fixtures" -- \
   -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1

@@ -1,4 +1,5 @@
-//! Command line of `s3mount-webhook`; every flag also reads `S3MOUNT_WEBHOOK_<FLAG>`.
+//! Command line of `s3mount-webhook`; every flag also reads `S3MOUNT_WEBHOOK_<FLAG>` (`--namespace`:
+//! `POD_NAMESPACE`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,14 @@ pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_SIDECAR_IMAGE: &str = "s3mount-sidecar:latest";
 /// Default namespace opt-in label.
 pub const DEFAULT_OPT_IN_LABEL: &str = "s3.mount/inject=enabled";
+/// Default Secret holding the CA that `--self-signed` replicas share.
+pub const DEFAULT_SELF_SIGNED_SECRET: &str = "s3mount-webhook-ca";
+/// Default MutatingWebhookConfiguration whose caBundle `--self-signed` sets.
+pub const DEFAULT_WEBHOOK_CONFIGURATION: &str = "s3mount";
+/// Default Service the serving certificate is issued for.
+pub const DEFAULT_SERVICE_NAME: &str = "s3mount-webhook";
+/// Default namespace of that Service and of the CA Secret.
+pub const DEFAULT_NAMESPACE: &str = "s3mount";
 
 /// Mutating admission webhook that injects the s3mount FUSE sidecar into annotated pods.
 #[derive(Debug, Clone, Parser)]
@@ -51,6 +60,9 @@ pub struct Config {
     /// a configuration is found, `off` never does.
     #[arg(long, env = "S3MOUNT_WEBHOOK_KUBE_API", value_enum, default_value_t = KubeApi::Auto)]
     pub kube_api: KubeApi,
+    /// `--self-signed` and the names it works on.
+    #[command(flatten)]
+    pub self_signed: SelfSignedConfig,
     /// Namespace label (`key=value`) that opts a namespace in; checked when namespaces are watched.
     #[arg(long, env = "S3MOUNT_WEBHOOK_OPT_IN_LABEL", default_value = DEFAULT_OPT_IN_LABEL, value_parser = parse_label)]
     pub opt_in_label: (String, String),
@@ -78,6 +90,30 @@ pub enum SidecarMode {
 pub enum FixedMode {
     Native,
     Legacy,
+}
+
+/// `--self-signed` (see [`crate::bootstrap`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelfSignedConfig {
+    /// When --tls-cert/--tls-key are not readable at start-up, make them: load (or, first of all
+    /// replicas, create) the CA in --self-signed-secret, issue a certificate for
+    /// --service-name.--namespace.svc, set the caBundle of --webhook-configuration, write the files.
+    /// Needs the Kubernetes API.
+    #[arg(long = "self-signed", env = "S3MOUNT_WEBHOOK_SELF_SIGNED")]
+    pub enabled: bool,
+    /// With --self-signed: the Secret (in --namespace) holding the CA all replicas share.
+    #[arg(long = "self-signed-secret", env = "S3MOUNT_WEBHOOK_SELF_SIGNED_SECRET", default_value = DEFAULT_SELF_SIGNED_SECRET)]
+    pub secret: String,
+    /// With --self-signed: the MutatingWebhookConfiguration whose caBundle is set.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_WEBHOOK_CONFIGURATION", default_value = DEFAULT_WEBHOOK_CONFIGURATION)]
+    pub webhook_configuration: String,
+    /// With --self-signed: the webhook's Service, named in the serving certificate.
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SERVICE_NAME", default_value = DEFAULT_SERVICE_NAME)]
+    pub service_name: String,
+    /// With --self-signed: the namespace of the Service and the Secret (the manifests set
+    /// POD_NAMESPACE from the downward API; this flag alone reads no S3MOUNT_WEBHOOK_ variable).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
 }
 
 /// `--kube-api`.
@@ -115,6 +151,10 @@ mod tests {
             c.opt_in_label,
             ("s3.mount/inject".to_owned(), "enabled".to_owned())
         );
+        assert!(!c.self_signed.enabled);
+        assert_eq!(c.self_signed.secret, DEFAULT_SELF_SIGNED_SECRET);
+        assert_eq!(c.self_signed.webhook_configuration, DEFAULT_WEBHOOK_CONFIGURATION);
+        assert_eq!(c.self_signed.service_name, DEFAULT_SERVICE_NAME);
     }
 
     #[test]

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use crate::annotations::{self, CacheMedium, Mount, PodMounts};
 use crate::quantity;
 
+/// Sidecar flag of legacy-mode Jobs: stop once the app processes are gone.
+pub const STOP_WHEN_APPS_EXIT_FLAG: &str = "--stop-when-apps-exit";
 /// Name of the injected container; a pod that has a container of this name is left alone.
 pub const SIDECAR_NAME: &str = "s3mount-sidecar";
 /// The sidecar binary inside its image.
@@ -256,7 +258,24 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
                 .to_owned(),
         );
     }
-    let sidecar = sidecar_container(&wanted, cfg, grace, identity);
+    let job_like = matches!(
+        spec.get("restartPolicy").and_then(Value::as_str),
+        Some("Never" | "OnFailure")
+    );
+    // Legacy mode in a pod that must complete: the sidecar stops itself once the app processes
+    // are gone, which it can see only in a shared process namespace (sidecar/src/apps.rs).
+    let share_pids = cfg.lifecycle == Lifecycle::Legacy
+        && job_like
+        && spec.get("shareProcessNamespace").and_then(Value::as_bool) != Some(false);
+    let mut sidecar = sidecar_container(&wanted, cfg, grace, identity);
+    if share_pids {
+        if let Some(args) = sidecar.get_mut("args").and_then(Value::as_array_mut) {
+            args.push(json!(STOP_WHEN_APPS_EXIT_FLAG));
+        }
+        if spec.get("shareProcessNamespace").is_none() {
+            ops.push(add(&["spec", "shareProcessNamespace"], json!(true)));
+        }
+    }
     match cfg.lifecycle {
         Lifecycle::Native => {
             let at = sidecar_at;
@@ -276,17 +295,16 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
             json!(app_names[0]),
         ));
     }
-    if cfg.lifecycle == Lifecycle::Legacy
-        && matches!(
-            spec.get("restartPolicy").and_then(Value::as_str),
-            Some("Never" | "OnFailure")
-        )
-    {
-        warnings.push(
-            "s3.mount: legacy sidecar mode: the sidecar keeps running after the app exits, so this pod does not \
-             complete on its own; use a cluster with native sidecars (Kubernetes >= 1.29)"
-                .to_owned(),
-        );
+    if cfg.lifecycle == Lifecycle::Legacy && job_like {
+        warnings.push(if share_pids {
+            "s3.mount: legacy sidecar mode: shareProcessNamespace is set so that the sidecar sees the app exit \
+             and the pod can complete; the app containers can see the sidecar's processes"
+                .to_owned()
+        } else {
+            "s3.mount: legacy sidecar mode with shareProcessNamespace: false: the sidecar cannot see the app \
+             exit, so this pod does not complete on its own; use native sidecars (Kubernetes >= 1.29)"
+                .to_owned()
+        });
     }
     Ok(Plan::Patch { ops, warnings })
 }

@@ -4,9 +4,11 @@
 //! Layers, from pure to I/O: [`annotations`] (the annotation contract), [`inject`] (the JSON patch
 //! from the raw pod), [`policy`] (per-namespace rules), [`review`] (the pure AdmissionReview in /
 //! AdmissionReview out function), then [`server`] (axum routers), [`tls`] (rustls, reload),
-//! [`namespaces`] (what needs the Kubernetes API), [`metrics`] and [`config`].
+//! [`namespaces`] (what needs the Kubernetes API), [`bootstrap`] (`--self-signed`), [`metrics`] and
+//! [`config`].
 
 pub mod annotations;
+pub mod bootstrap;
 pub mod config;
 pub mod inject;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use s3mount_webhook::bootstrap;
 use s3mount_webhook::config::{Config, FixedMode, KubeApi, LogFormat, SidecarMode};
 use s3mount_webhook::inject::{InjectConfig, Lifecycle};
 use s3mount_webhook::metrics::Metrics;
@@ -57,6 +58,10 @@ async fn run(config: Config) -> ExitCode {
     // kube and the server both use rustls; ring is the one provider of this process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
+    if let Err(e) = bootstrap::ensure_serving_cert(&config).await {
+        tracing::error!(error = %e, "--self-signed: cannot provide the serving certificate");
+        return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { EXIT_SERVE });
+    }
     let (rustls, pem) = match tls::load(&config.tls_cert, &config.tls_key) {
         Ok(x) => x,
         Err(e) => {

@@ -460,9 +460,25 @@ fn existing_mount_at_the_mount_path_is_denied() {
 }
 
 #[test]
-fn legacy_job_pod_gets_a_warning() {
+fn legacy_job_pod_shares_its_process_namespace_with_a_warning() {
     let mut body = fixture("basic-pod.json");
     body["request"]["object"]["spec"]["restartPolicy"] = json!("Never");
+    let out = run(&body, Lifecycle::Legacy).to_json();
+    let warnings = out["response"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("shareProcessNamespace is set"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn legacy_job_pod_that_refuses_a_shared_process_namespace_is_warned_it_will_not_complete() {
+    let mut body = fixture("basic-pod.json");
+    body["request"]["object"]["spec"]["restartPolicy"] = json!("Never");
+    body["request"]["object"]["spec"]["shareProcessNamespace"] = json!(false);
     let out = run(&body, Lifecycle::Legacy).to_json();
     let warnings = out["response"]["warnings"].as_array().unwrap();
     assert!(
