@@ -12,7 +12,7 @@ for pkg in fuse3 jq curl util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "$mode" != "--demo" ]; then
-  for pkg in s3fs fio shellcheck hyperfine wrk; do
+  for pkg in s3fs fio shellcheck hyperfine wrk bc openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
   done
 fi

@@ -113,7 +113,14 @@ async fn run(config: Config) -> ExitCode {
         async move { axum::serve(health, app).await }
     });
     let https = match axum_server::from_tcp_rustls(listener, rustls) {
-        Ok(s) => s.handle(handle.clone()),
+        Ok(mut s) => {
+            // Slow or idle clients are bounded: headers (also of the next request on a kept-alive
+            // connection) must arrive within HEADER_READ_TIMEOUT; bodies within REQUEST_TIMEOUT.
+            s.http_builder()
+                .http1()
+                .header_read_timeout(Some(server::HEADER_READ_TIMEOUT));
+            s.handle(handle.clone())
+        }
         Err(e) => {
             tracing::error!(addr = %config.listen, error = %e, "cannot serve the HTTPS address");
             return ExitCode::from(EXIT_SERVE);

@@ -23,6 +23,11 @@ use crate::review::{self, Context, NamespaceView, Outcome};
 /// Largest accepted request body. The API server caps objects at 1.5 MiB; a review carries at most
 /// the object and the old object.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest time a request may take to arrive and be answered (a slow body is cut off here); the
+/// API server's own webhook timeout is at most 30 s, so nothing useful is lost.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest time a connection may take to send a request's headers, idle keep-alive included.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -51,6 +56,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 
