@@ -9,7 +9,7 @@ TEST_SUITES :=
 
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: help setup build demo test lint cargo-test
+.PHONY: help setup build demo test lint cargo-test test-summary
 help:
 	@echo "make demo   - run the main job locally: S3 server, webhook over TLS, mutated pod, FUSE mount"
 	@echo "make test   - install what the tests need and run every test"
@@ -30,9 +30,22 @@ lint: ## rustfmt and clippy, warnings denied
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+SUMMARY_DIR := $(CURDIR)/target/tmp
+
 cargo-test: ## every cargo test in the workspace
+	@mkdir -p $(SUMMARY_DIR) && rm -f $(SUMMARY_DIR)/*-summary.txt
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 test: setup lint cargo-test $(TEST_SUITES) ## everything CI runs
+	@$(MAKE) --no-print-directory test-summary
 	@echo "make test: all suites passed"
+
+test-summary: ## the figures of the last make test: faults survived, bytes verified, fsx ops, fuzz runs
+	@echo "== summary =="
+	@if [ -f $(SUMMARY_DIR)/reliability-summary.txt ]; then \
+		awk '{for (i = 3; i <= NF; i++) { split($$i, kv, "="); if (kv[1] == "faults_injected") f += kv[2]; \
+			if (kv[1] == "bytes_verified") b += kv[2] } n++ } \
+			END { printf "reliability: %d tests, %d S3 faults injected and survived or reported, %.1f MiB verified byte for byte\n", n, f, b / 1048576 }' \
+			$(SUMMARY_DIR)/reliability-summary.txt; fi
+	@cat $(SUMMARY_DIR)/fs-suites-summary.txt $(SUMMARY_DIR)/fuzz-summary.txt 2>/dev/null || true

@@ -11,6 +11,9 @@ bin=${S3MOUNT_BIN_DIR:-$top/target/debug}
 ops=${FSX_OPS:-10000}
 min_passed=${PJDFSTEST_MIN_PASSED:-130}
 work=$(mktemp -d /tmp/s3mount-fs-suites.XXXXXX)
+mkdir -p "$top/target/tmp"
+summary=$top/target/tmp/fs-suites-summary.txt
+rm -f "$summary"
 export AWS_ACCESS_KEY_ID=fs-suites-access-key
 export AWS_SECRET_ACCESS_KEY=fs-suites-secret-$RANDOM$RANDOM
 pids=()
@@ -36,7 +39,7 @@ pids+=("$side")
 status=0
 start=$SECONDS
 if (cd "$work" && "$top/.tools/bin/fsx" -N "$ops" -S 20261204 -P "$work" "$work/mnt/fsx.bin") >"$work/fsx.out" 2>&1; then
-  echo "fsx: $ops operations, 0 mismatches ($((SECONDS - start)) s)"
+  echo "fsx: $ops operations, 0 mismatches ($((SECONDS - start)) s)" | tee -a "$summary"
 else
   echo "fsx: FAILED after $((SECONDS - start)) s; last lines:"
   tail -n 20 "$work/fsx.out"
@@ -48,7 +51,9 @@ start=$SECONDS
 "$top/.tools/bin/pjdfstest" -c "$top/tests/fs-suites/pjdfstest.toml" -p "$work/mnt/pjdfstest" \
   >"$work/pjdfstest.out" 2>&1 || true
 echo "pjdfstest took $((SECONDS - start)) s; skipped tests need features this mount lacks (file flags, posix_fallocate, remounting read-only)"
-python3 "$top/scripts/pjdfstest-report.py" "$work/pjdfstest.out" "$min_passed" || status=1
+python3 "$top/scripts/pjdfstest-report.py" "$work/pjdfstest.out" "$min_passed" >"$work/pjd-report.txt" || status=1
+cat "$work/pjd-report.txt"
+head -n 1 "$work/pjd-report.txt" >>"$summary"
 
 kill -TERM "$side"
 if ! wait "$side"; then

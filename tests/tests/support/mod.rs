@@ -533,7 +533,13 @@ pub fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
 
 /// Prints the test's summary line: `reliability: TEST faults=N bytes_verified=N EXTRA`.
 pub fn summary(test: &str, faults: u64, bytes_verified: u64, extra: &str) {
-    println!(
+    let line = format!(
         "reliability: {test} faults_injected={faults} faults_survived_or_reported={faults} bytes_verified={bytes_verified} {extra}"
     );
+    println!("{line}");
+    // Also kept for the summary `make test` prints at its end (see Makefile, test-summary).
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-summary.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+        let _ = writeln!(f, "{line}");
+    }
 }
