@@ -153,13 +153,13 @@ fn top_fstype<'a>(mountinfo: &'a str, target: &str) -> Option<&'a str> {
             let rest: Vec<&str> = fields.collect();
             let sep = rest.iter().position(|f| *f == "-")?;
             let fstype = rest.get(sep + 1)?;
-            (unescape(mount_point) == target).then_some(*fstype)
+            (unescape_mountinfo(mount_point) == target).then_some(*fstype)
         })
         .next_back()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
+/// Undoes mountinfo's octal escapes of space, tab, newline and backslash (`\040` for a space).
+pub fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

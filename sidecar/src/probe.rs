@@ -101,7 +101,7 @@ fn is_s3mount(path: &Path) -> bool {
         let Some(sep) = fields.iter().position(|f| *f == "-") else {
             return false;
         };
-        let mount_point = fields.get(4).map(|m| unescape_mountinfo(m));
+        let mount_point = fields.get(4).map(|m| crate::mountsys::unescape_mountinfo(m));
         let fstype = fields.get(sep + 1).copied().unwrap_or("");
         let source = fields.get(sep + 2).copied().unwrap_or("");
         // fuser's own mount code does not set the subtype; the source name tells it then.
@@ -109,28 +109,6 @@ fn is_s3mount(path: &Path) -> bool {
             || (fstype == "fuse" && source.starts_with(&format!("{FS_SUBTYPE}:")));
         mount_point.as_deref() == Some(wanted.to_string_lossy().as_ref()) && ours
     })
-}
-
-/// Undoes the octal escapes (`\040` for a space) of mountinfo paths.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs the probe: 0 when every mountpoint passes (within `--wait`, if given), else 1; each
@@ -184,7 +162,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(crate::mountsys::unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(crate::mountsys::unescape_mountinfo("/plain"), "/plain");
     }
 }

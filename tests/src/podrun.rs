@@ -1253,28 +1253,9 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {
     Ok(info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
+        .map(s3mount_sidecar::mountsys::unescape_mountinfo)
         .filter(|p| p.starts_with(&prefix))
         .collect())
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(n);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -1289,6 +1270,6 @@ mod tests {
 
     #[test]
     fn mountinfo_octal_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(s3mount_sidecar::mountsys::unescape_mountinfo("/a\\040b"), "/a b");
     }
 }
