@@ -55,7 +55,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            // Bad flags are usage errors, exit 64 like bad values.
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     match run(&args) {
         Ok(bundle) => {
             println!("{bundle}");

@@ -182,3 +182,45 @@ fn a_legacy_mode_job_shares_its_process_namespace_and_its_sidecar_stops_with_the
     };
     assert!(!m.stop_when_apps_exit);
 }
+
+#[test]
+fn every_prefix_the_webhook_accepts_the_sidecar_accepts_and_the_rest_is_denied() {
+    for prefix in ["", "a/", "a/b", "data/2024/", "sp ace/", "ü/", "a.b/", "x..y/"] {
+        let p = pod(json!({"s3.mount/bucket": "demo", "s3.mount/prefix": prefix}));
+        let cfg = InjectConfig {
+            sidecar_image: "s".into(),
+            lifecycle: Lifecycle::Native,
+            image_pull_policy: None,
+        };
+        match inject::plan(&p, &cfg) {
+            Ok(_) => {
+                let Command::Mount(_) = sidecar_accepts(&injected_sidecar(&p, Lifecycle::Native)) else {
+                    panic!("not a mount")
+                };
+            }
+            Err(e) => panic!("prefix {prefix:?} denied: {e:?}"),
+        }
+    }
+    for prefix in ["a//b/", "a/../b/", "./x/", "x/./y", "..", "/abs"] {
+        let p = pod(json!({"s3.mount/bucket": "demo", "s3.mount/prefix": prefix}));
+        let cfg = InjectConfig {
+            sidecar_image: "s".into(),
+            lifecycle: Lifecycle::Native,
+            image_pull_policy: None,
+        };
+        assert!(
+            inject::plan(&p, &cfg).is_err(),
+            "prefix {prefix:?} must be denied: the sidecar refuses it"
+        );
+        let argv = [
+            "s3mount-sidecar",
+            "--bucket=demo",
+            "--mountpoint=/m",
+            &format!("--prefix={prefix}"),
+        ];
+        assert!(
+            config::parse_from(argv).is_err(),
+            "the sidecar refuses {prefix:?} too"
+        );
+    }
+}

@@ -402,8 +402,8 @@ fn parse_settings(
 
 const BUCKET_FORM: &str = "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', starting and ending \
                            with a letter or digit";
-const PREFIX_FORM: &str = "a key prefix such as \"data/2024/\" (no leading '/', no control characters, at most \
-                           1024 bytes)";
+const PREFIX_FORM: &str = "a key prefix such as \"data/2024/\" (no leading '/', no empty, '.' or '..' parts, \
+                           no control characters, no \"$(\", at most 1023 bytes)";
 const PATH_FORM: &str =
     "an absolute path such as \"/mnt/s3\" (not \"/\", no \"..\", \".\", \":\" or empty parts)";
 const ENDPOINT_FORM: &str = "an http:// or https:// URL such as \"https://s3.example.com\"";
@@ -486,8 +486,18 @@ fn valid_bucket(s: &str) -> bool {
         && !s.contains("..")
 }
 
+/// The sidecar's own rule (sidecar/src/config.rs `normalize_prefix`): what passes here, the sidecar
+/// accepts. `$(` is refused because the kubelet would expand it in the sidecar's arguments.
 fn valid_prefix(s: &str) -> bool {
-    s.len() <= 1024 && !s.starts_with('/') && !s.chars().any(char::is_control)
+    let trimmed = s.strip_suffix('/').unwrap_or(s);
+    s.len() < 1024
+        && !s.starts_with('/')
+        && !s.chars().any(char::is_control)
+        && !s.contains("$(")
+        && (s.is_empty()
+            || !trimmed
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == ".."))
 }
 
 fn valid_path(s: &str) -> bool {
@@ -502,6 +512,9 @@ fn valid_path(s: &str) -> bool {
 }
 
 fn valid_endpoint(s: &str) -> bool {
+    if s.contains("$(") {
+        return false; // the kubelet would expand it in the sidecar's arguments
+    }
     match url::Url::parse(s) {
         Ok(u) => {
             matches!(u.scheme(), "http" | "https")
@@ -798,6 +811,12 @@ mod tests {
             ("s3.mount/path", "/"),
             ("s3.mount/path", "/a/../b"),
             ("s3.mount/prefix", "/abs"),
+            ("s3.mount/prefix", "a//b/"),
+            ("s3.mount/prefix", "a/../b/"),
+            ("s3.mount/prefix", "./x/"),
+            ("s3.mount/prefix", ".."),
+            ("s3.mount/prefix", "data/$(AWS_SECRET_ACCESS_KEY)/"),
+            ("s3.mount/endpoint", "http://minio:9000/$(AWS_SECRET_ACCESS_KEY)"),
             ("s3.mount/endpoint", "ftp://x"),
             ("s3.mount/endpoint", "http://user:pw@host"),
             ("s3.mount/region", "EU"),

@@ -38,13 +38,13 @@ pub struct Config {
     #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_KEY")]
     pub tls_key: PathBuf,
     /// How often the certificate and key files are checked for changes.
-    #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "S3MOUNT_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub tls_reload_interval: Duration,
     /// Plain-HTTP address serving /livez, /readyz and /metrics.
     #[arg(long, env = "S3MOUNT_WEBHOOK_HEALTH_LISTEN", default_value = DEFAULT_HEALTH_LISTEN)]
     pub health_listen: SocketAddr,
     /// Image of the injected sidecar.
-    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE, value_parser = non_empty)]
     pub sidecar_image: String,
     /// imagePullPolicy of the injected sidecar (default: the Kubernetes default for the image).
     #[arg(long, env = "S3MOUNT_WEBHOOK_SIDECAR_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
@@ -163,5 +163,22 @@ mod tests {
         assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--opt-in-label=x"]).is_err());
         assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--listen=nope"]).is_err());
         assert!(Config::try_parse_from(["w"]).is_err(), "TLS files are required");
+    }
+}
+
+/// A duration greater than zero (a zero reload period would make the file watch spin).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than 0, e.g. 10s".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; expected a duration such as 10s")),
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
     }
 }

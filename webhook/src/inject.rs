@@ -547,6 +547,19 @@ fn cache_volume(wanted: &PodMounts) -> Value {
 /// The sidecar's command line, `--flag=value` items as docs/interfaces.md lists them. Each mount is
 /// a group that starts with `--bucket=`; the process-wide flags follow the last group.
 pub fn sidecar_args(wanted: &PodMounts, grace_seconds: i64) -> Vec<String> {
+    let mut args = sidecar_args_unescaped(wanted, grace_seconds);
+    // The kubelet expands `$(VAR)` in args with the container's env (which holds the credentials):
+    // every value from an annotation is escaped (`$$(` stays a literal `$(`); only our own
+    // `$(S3MOUNT_POD_UID)` in the mountpoint is meant to expand.
+    for arg in &mut args {
+        if !arg.starts_with("--mountpoint=") {
+            *arg = arg.replace("$(", "$$(");
+        }
+    }
+    args
+}
+
+fn sidecar_args_unescaped(wanted: &PodMounts, grace_seconds: i64) -> Vec<String> {
     let mut args = Vec::new();
     for m in &wanted.mounts {
         args.push(format!("--bucket={}", m.bucket));

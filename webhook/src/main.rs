@@ -23,7 +23,14 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_SERVE: u8 = 1;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    // Bad flags exit 64 like every other configuration error (clap's own code would be 2).
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
     if let Err(e) = init_logging(&config) {
         eprintln!("s3mount-webhook: --log-level {:?}: {e}", config.log_level);
         return ExitCode::from(EXIT_CONFIG);
