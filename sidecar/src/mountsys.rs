@@ -60,9 +60,20 @@ pub enum Placement {
 /// Opens `/dev/fuse` and mounts it at `mountpoint`; returns the descriptor for the session.
 pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Placement)> {
     let placement = if top_is_fuse(mountpoint)? {
+        // A live mount (another sidecar serving it) is left alone: stacking on it, and removing
+        // every layer at our shutdown, would tear down a mount that is not ours.
+        if nix::sys::statfs::statfs(mountpoint).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is already a live FUSE mount (another s3mount-sidecar?); refusing to mount over it",
+                    mountpoint.display()
+                ),
+            ));
+        }
         warn!(
             mountpoint = %mountpoint.display(),
-            "a FUSE mount of a previous sidecar is still here (killed?); stacking the new mount on it so \
+            "a dead FUSE mount of a previous sidecar is here (killed?); stacking the new mount on it so \
              that containers holding the old one see the new one; old layers are removed at shutdown"
         );
         Placement::Stacked

@@ -343,3 +343,34 @@ fn with_stop_when_apps_exit_the_sidecar_stops_once_the_app_processes_are_gone() 
         started.elapsed()
     );
 }
+
+#[test]
+fn a_second_sidecar_refuses_a_live_mountpoint_and_leaves_the_first_serving() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    server.put_direct("f.txt", b"one");
+    let first = Sidecar::start(&server, &[]);
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(BIN)
+        .arg(format!("--bucket={}", support::BUCKET))
+        .arg(format!("--mountpoint={}", first.mountpoint.display()))
+        .arg(format!("--endpoint={}", server.endpoint()))
+        .arg("--path-style")
+        .arg("--health-listen=127.0.0.1:0")
+        .env("AWS_ACCESS_KEY_ID", support::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", support::SECRET_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the second sidecar fails");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already a live FUSE mount"), "{stderr}");
+    assert_eq!(
+        std::fs::read(first.path("f.txt")).unwrap(),
+        b"one",
+        "the first mount still serves"
+    );
+    first.stop();
+}
