@@ -224,3 +224,22 @@ fn every_prefix_the_webhook_accepts_the_sidecar_accepts_and_the_rest_is_denied()
         );
     }
 }
+
+#[test]
+fn a_pod_with_its_own_container_named_like_the_sidecar_is_denied_not_silently_skipped() {
+    let mut p = pod(json!({"s3.mount/bucket": "demo"}));
+    p["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": inject::SIDECAR_NAME, "image": "example.com/not-ours:1"}));
+    let cfg = InjectConfig {
+        sidecar_image: "s3mount/sidecar:test".into(),
+        lifecycle: Lifecycle::Native,
+        image_pull_policy: None,
+    };
+    let errors = inject::plan(&p, &cfg).expect_err("denied");
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("reserved")),
+        "{errors:?}"
+    );
+}

@@ -128,6 +128,11 @@ pub enum InjectError {
     },
     #[error("pod already has a volume named {0:?}, which s3mount needs")]
     VolumeNameTaken(String),
+    #[error(
+        "the container name {SIDECAR_NAME:?} is reserved for the injected sidecar, but this pod has one with \
+         image {image:?}; rename that container"
+    )]
+    SidecarNameTaken { image: String },
 }
 
 /// The result of looking at one pod.
@@ -171,7 +176,19 @@ pub fn plan(pod: &Value, cfg: &InjectConfig) -> Result<Plan, Vec<InjectError>> {
         names(containers).map_err(|e| vec![e])?,
         names(init_containers).map_err(|e| vec![e])?,
     );
-    if app_names.iter().chain(&init_names).any(|n| n == SIDECAR_NAME) {
+    if let Some(existing) = containers
+        .iter()
+        .chain(init_containers.iter())
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
+    {
+        // Ours (a second pass, a reinvocation): nothing to add. Someone else's container under
+        // our name would leave the pod silently without a mount: refuse it.
+        let image = existing.get("image").and_then(Value::as_str).unwrap_or_default();
+        if image != cfg.sidecar_image {
+            return Err(vec![InjectError::SidecarNameTaken {
+                image: image.to_owned(),
+            }]);
+        }
         return Ok(resync_identity(&wanted, containers, init_containers));
     }
 
