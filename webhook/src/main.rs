@@ -49,7 +49,8 @@ fn init_logging(config: &Config) -> Result<(), tracing_subscriber::filter::Parse
     let filter = EnvFilter::builder().parse(&config.log_level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Json => builder
             .json()
