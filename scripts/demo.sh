@@ -150,6 +150,12 @@ want=$(printf 'hello from the app\n' | od -An -c | tr -s ' ')
 [ "$got" = "$want" ] || fail "written-by-app.txt in S3 is '$got', expected '$want'"
 ok "written-by-app.txt is in the bucket with exact bytes"
 
+# Kept for the security test, which greps every *.log here for the secret key: the metrics of
+# both binaries and the annotations of the mutated pod.
+curl -s "http://127.0.0.1:9810/metrics" >"$work/sidecar-metrics.log" || true
+curl -s "http://127.0.0.1:$hport/metrics" >"$work/webhook-metrics.log" || true
+jq '.metadata.annotations' "$work/mutated.json" >"$work/pod-annotations.log"
+
 say "kubectl-exec into the app: read the file back through the mount"
 out=$("$podrun" exec --state-dir "$node" --container app -- cat /mnt/s3/written-by-app.txt)
 [ "$out" = "hello from the app" ] || fail "exec read '$out'"
