@@ -137,6 +137,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A duration greater than zero (a zero reload period would make the file watch spin).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than 0, e.g. 10s".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; expected a duration such as 10s")),
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,22 +180,5 @@ mod tests {
         assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--opt-in-label=x"]).is_err());
         assert!(Config::try_parse_from(["w", "--tls-cert=c", "--tls-key=k", "--listen=nope"]).is_err());
         assert!(Config::try_parse_from(["w"]).is_err(), "TLS files are required");
-    }
-}
-
-/// A duration greater than zero (a zero reload period would make the file watch spin).
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be greater than 0, e.g. 10s".to_owned()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{e}; expected a duration such as 10s")),
-    }
-}
-
-fn non_empty(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        Err("must not be empty".to_owned())
-    } else {
-        Ok(s.to_owned())
     }
 }
