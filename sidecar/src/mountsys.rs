@@ -154,19 +154,43 @@ pub fn top_is_fuse(path: &Path) -> io::Result<bool> {
     Ok(top_fstype(&info, &want.to_string_lossy()).is_some_and(|t| t.starts_with(FUSE_TYPE_PREFIX)))
 }
 
-/// The filesystem type of the last (top-most) mount at `target` in a mountinfo text.
-fn top_fstype<'a>(mountinfo: &'a str, target: &str) -> Option<&'a str> {
-    mountinfo
-        .lines()
+/// One line of `/proc/<pid>/mountinfo`, the fields s3mount looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted (escapes undone).
+    pub mount_point: String,
+    /// Filesystem type, e.g. `fuse.s3mount`.
+    pub fstype: String,
+    /// Mount source, e.g. `s3mount:BUCKET`.
+    pub source: String,
+}
+
+/// Parses a mountinfo text, in its order (a later line is mounted on top of an earlier one).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
         .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let mount_point = fields.nth(4)?;
-            let rest: Vec<&str> = fields.collect();
-            let sep = rest.iter().position(|f| *f == "-")?;
-            let fstype = rest.get(sep + 1)?;
-            (unescape_mountinfo(mount_point) == target).then_some(*fstype)
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some(MountEntry {
+                mount_point: unescape_mountinfo(fields.get(4)?),
+                fstype: (*fields.get(sep + 1)?).to_string(),
+                source: fields.get(sep + 2).copied().unwrap_or_default().to_string(),
+            })
         })
-        .next_back()
+        .collect()
+}
+
+/// This process's mounts (`/proc/self/mountinfo`).
+pub fn own_mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// The filesystem type of the last (top-most) mount at `target` in a mountinfo text.
+fn top_fstype(mountinfo: &str, target: &str) -> Option<String> {
+    parse_mountinfo(mountinfo)
+        .into_iter()
+        .rfind(|m| m.mount_point == target)
+        .map(|m| m.fstype)
 }
 
 /// Undoes mountinfo's octal escapes of space, tab, newline and backslash (`\040` for a space).
@@ -202,9 +226,12 @@ mod tests {
 
     #[test]
     fn the_top_most_mount_decides() {
-        assert_eq!(top_fstype(INFO, "/s3mount/mnt/default"), Some("fuse.s3mount"));
-        assert_eq!(top_fstype(INFO, "/"), Some("ext4"));
-        assert_eq!(top_fstype(INFO, "/a b"), Some("ext4"));
+        assert_eq!(
+            top_fstype(INFO, "/s3mount/mnt/default").as_deref(),
+            Some("fuse.s3mount")
+        );
+        assert_eq!(top_fstype(INFO, "/").as_deref(), Some("ext4"));
+        assert_eq!(top_fstype(INFO, "/a b").as_deref(), Some("ext4"));
         assert_eq!(top_fstype(INFO, "/nothing"), None);
     }
 }

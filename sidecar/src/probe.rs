@@ -93,21 +93,14 @@ pub fn check(path: &Path) -> Result<(), ProbeError> {
 /// type `fuse` with a source named `s3mount:BUCKET`).
 fn is_s3mount(path: &Path) -> bool {
     let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = crate::mountsys::own_mounts() else {
         return false;
     };
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        let mount_point = fields.get(4).map(|m| crate::mountsys::unescape_mountinfo(m));
-        let fstype = fields.get(sep + 1).copied().unwrap_or("");
-        let source = fields.get(sep + 2).copied().unwrap_or("");
+    mounts.iter().any(|m| {
         // fuser's own mount code does not set the subtype; the source name tells it then.
-        let ours = fstype == format!("fuse.{FS_SUBTYPE}")
-            || (fstype == "fuse" && source.starts_with(&format!("{FS_SUBTYPE}:")));
-        mount_point.as_deref() == Some(wanted.to_string_lossy().as_ref()) && ours
+        let ours = m.fstype == format!("fuse.{FS_SUBTYPE}")
+            || (m.fstype == "fuse" && m.source.starts_with(&format!("{FS_SUBTYPE}:")));
+        m.mount_point == wanted.to_string_lossy() && ours
     })
 }
 

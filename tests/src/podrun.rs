@@ -1248,12 +1248,10 @@ fn wait_exited(node: &Node, names: &[String], deadline: Instant) {
 
 /// Mount points at or below `dir` (excluding `dir` itself), from this process's mountinfo.
 pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
     let prefix = format!("{}/", dir.display());
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(s3mount_sidecar::mountsys::unescape_mountinfo)
+    Ok(s3mount_sidecar::mountsys::own_mounts()?
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(&prefix))
         .collect())
 }

@@ -610,6 +610,18 @@ pub fn paths_overlap(a: &str, b: &str) -> bool {
     a == b || b.starts_with(&format!("{a}/")) || a.starts_with(&format!("{b}/"))
 }
 
+/// Test helper for this crate's modules: the mounts of a pod with these annotations.
+#[cfg(test)]
+pub(crate) fn parse_pairs(pairs: &[(&str, &str)]) -> PodMounts {
+    let a = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    parse(&a)
+        .expect("valid annotations")
+        .expect("s3.mount/bucket is set")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

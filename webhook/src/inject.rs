@@ -833,11 +833,7 @@ mod tests {
     use super::*;
 
     fn mounts(pairs: &[(&str, &str)]) -> PodMounts {
-        let a = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        annotations::parse(&a).unwrap().unwrap()
+        annotations::parse_pairs(pairs)
     }
 
     #[test]

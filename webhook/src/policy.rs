@@ -218,11 +218,7 @@ mod tests {
     }
 
     fn pod(pairs: &[(&str, &str)]) -> PodMounts {
-        let a = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        annotations::parse(&a).unwrap().unwrap()
+        annotations::parse_pairs(pairs)
     }
 
     #[test]
