@@ -662,21 +662,7 @@ impl<S: ObjectStore> Fs<S> {
         if etag.is_none() && staged.is_none() {
             // After a multipart upload the version is unknown (servers differ in the ETag they
             // give it): ask, so that this handle reads one version only.
-            let path = self.path_of(ino)?;
-            let key = file_key(&self.config.prefix, &path);
-            let meta = self
-                .store
-                .head(&key)
-                .await
-                .map_err(FsError::store("open", &path))?;
-            let meta = meta.ok_or_else(|| FsError::NotFound(path.clone()))?;
-            let stat = stat_of(&meta);
-            etag = stat.etag.clone();
-            size = stat.size;
-            if let Some(node) = self.table().get_mut(ino) {
-                node.stat = stat;
-                node.validated = Instant::now();
-            }
+            (etag, size) = self.current_version(ino).await?;
         }
         if !(mode.write || mode.truncate) {
             if let Some(staging) = &staged {
@@ -717,8 +703,24 @@ impl<S: ObjectStore> Fs<S> {
                     staging.mark_dirty();
                     staging.allow_streaming();
                 } else if let Err(e) = self.download(ino, &staging, etag.as_deref(), size).await {
-                    staging.remove();
-                    return Err(e);
+                    // The object was replaced since its attributes were cached: a new open sees
+                    // the new object, so ask S3 for its version once and download that.
+                    let retried = if e.is_changed_object() {
+                        match self.current_version(ino).await {
+                            Ok(fresh) => {
+                                (etag, size) = fresh;
+                                staging.set_len(0)?;
+                                self.download(ino, &staging, etag.as_deref(), size).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        Err(e)
+                    };
+                    if let Err(e) = retried {
+                        staging.remove();
+                        return Err(e);
+                    }
                 }
                 let mut table = self.table();
                 let node = table
@@ -745,6 +747,25 @@ impl<S: ObjectStore> Fs<S> {
             size,
             reader: None,
         }))
+    }
+
+    /// Asks S3 for the object's current version (HEAD) and records it; returns its ETag and size.
+    async fn current_version(&self, ino: Ino) -> FsResult<(Option<String>, u64)> {
+        let path = self.path_of(ino)?;
+        let key = file_key(&self.config.prefix, &path);
+        let meta = self
+            .store
+            .head(&key)
+            .await
+            .map_err(FsError::store("open", &path))?;
+        let meta = meta.ok_or_else(|| FsError::NotFound(path.clone()))?;
+        let stat = stat_of(&meta);
+        let version = (stat.etag.clone(), stat.size);
+        if let Some(node) = self.table().get_mut(ino) {
+            node.stat = stat;
+            node.validated = Instant::now();
+        }
+        Ok(version)
     }
 
     /// Copies the object into a fresh staging file, one chunk at a time.

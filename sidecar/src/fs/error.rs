@@ -75,6 +75,19 @@ pub enum FsError {
 pub type FsResult<T> = Result<T, FsError>;
 
 impl FsError {
+    /// Whether this says the object changed under a cached version (412 on If-Match, or it
+    /// shrank), as opposed to a failure of the request itself.
+    pub fn is_changed_object(&self) -> bool {
+        matches!(
+            self,
+            FsError::Stale(_)
+                | FsError::Store {
+                    source: StoreError::PreconditionFailed(_),
+                    ..
+                }
+        )
+    }
+
     /// Wraps a store error with the operation and path it failed for.
     pub fn store<'a>(op: &'static str, path: &'a str) -> impl FnOnce(StoreError) -> FsError + 'a {
         move |source| FsError::Store {
