@@ -381,12 +381,59 @@ impl<S: ObjectStore> Fs<S> {
             self.table().add_lookup(ino);
             return Ok(attr);
         }
-        if self.table().is_missing(&path, self.config.metadata_ttl) {
+        let ttl = self.config.metadata_ttl;
+        if self.known_missing(&parent_path, name, &path) {
             return Err(FsError::NotFound(path));
+        }
+        let list_first = !ttl.is_zero() && {
+            let table = self.table();
+            !table.has_listing(&parent_path, ttl) && !table.is_large(&parent_path)
+        };
+        if list_first {
+            let complete = self.list_small_dir(&parent_path).await?;
+            // The page may hold the name even when it does not hold the whole directory.
+            let known = self.table().at(&path);
+            if let Some(ino) = known
+                && let Some(attr) = self.fresh_attr(ino)?
+            {
+                self.table().add_lookup(ino);
+                return Ok(attr);
+            }
+            if complete && self.known_missing(&parent_path, name, &path) {
+                return Err(FsError::NotFound(path));
+            }
         }
         let attr = self.refresh(&path).await?;
         self.table().add_lookup(attr.ino);
         Ok(attr)
+    }
+
+    /// Whether `path` (the entry `name` of `parent`) is known missing: found missing, or absent
+    /// from a complete listing of its parent, within the TTL.
+    fn known_missing(&self, parent: &str, name: &str, path: &str) -> bool {
+        let ttl = self.config.metadata_ttl;
+        let table = self.table();
+        table.is_missing(path, ttl) || table.listing_lacks(parent, name, ttl)
+    }
+
+    /// Lists the directory at `path` with one page, for a lookup in it: a directory that fits
+    /// one page is then known whole, so later lookups in it cost no request within the TTL (the
+    /// files an app creates one after another, say). A larger one is remembered as such and its
+    /// lookups go back to asking for the one name. Returns whether the listing was complete.
+    async fn list_small_dir(&self, path: &str) -> FsResult<bool> {
+        let (asked, mark) = (Instant::now(), self.table().listing_mark());
+        let (found, complete) = self.fetch_listing(path, Some(1)).await?;
+        let mut table = self.table();
+        if complete {
+            let names = found.keys().cloned().collect();
+            table.record_listing(path, asked, mark, names, self.config.metadata_ttl);
+        } else {
+            table.set_large(path);
+        }
+        for (name, (kind, stat)) in found {
+            table.upsert(&join(path, &name), kind, stat);
+        }
+        Ok(complete)
     }
 
     /// Resolves `path` with S3 and records the answer.
@@ -514,10 +561,15 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Lists the directory `ino`: every page, attributes from the listing.
-    async fn list_dir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
-        let path = self.dir_path(ino)?;
-        let dir = dir_key(&self.config.prefix, &path);
+    /// What S3 lists in the directory at `path`: every page, or at most `max_pages`; with
+    /// whether the answer is complete. Unusable keys and hidden objects are skipped and logged.
+    async fn fetch_listing(
+        &self,
+        path: &str,
+        max_pages: Option<usize>,
+    ) -> FsResult<(BTreeMap<String, (Kind, Stat)>, bool)> {
+        let dir = dir_key(&self.config.prefix, path);
+        let mut pages = 0;
         let mut found: BTreeMap<String, (Kind, Stat)> = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
@@ -525,7 +577,8 @@ impl<S: ObjectStore> Fs<S> {
                 .store
                 .list_page(&dir, Some("/"), token.as_deref(), None, None)
                 .await
-                .map_err(FsError::store("list", &path))?;
+                .map_err(FsError::store("list", path))?;
+            pages += 1;
             for prefix in &page.common_prefixes {
                 let Some(name) = prefix
                     .strip_prefix(dir.as_str())
@@ -576,11 +629,21 @@ impl<S: ObjectStore> Fs<S> {
                 found.insert(name.to_string(), (kind, stat_of(object)));
             }
             match page.next_token {
+                None => return Ok((found, true)),
+                Some(_) if max_pages.is_some_and(|max| pages >= max) => return Ok((found, false)),
                 Some(next) => token = Some(next),
-                None => break,
             }
         }
+    }
+
+    /// Lists the directory `ino`: every page, attributes from the listing.
+    async fn list_dir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        let path = self.dir_path(ino)?;
+        let (asked, mark) = (Instant::now(), self.table().listing_mark());
+        let (found, _) = self.fetch_listing(&path, None).await?;
         let mut table = self.table();
+        let names = found.keys().cloned().collect();
+        table.record_listing(&path, asked, mark, names, self.config.metadata_ttl);
         let mut entries = vec![
             DirEntry {
                 ino,

@@ -594,8 +594,15 @@ async fn a_replaced_object_gives_an_open_reader_old_bytes_or_estale_never_mixed_
 async fn store_errors_map_to_errno_and_unavailable_is_eio_not_enoent() {
     let s = setup();
     put(&s.store, "f", b"1").await;
-    s.store.fail_next(Op::Head, 1);
+    // A lookup in a directory not listed yet lists it first.
+    s.store.fail_next(Op::List, 1);
     assert_eq!(errno(s.fs.lookup(Ino::ROOT, n("f")).await), libc::EIO);
+    // With a zero TTL a lookup asks for the one name (HEADs and a one-key listing).
+    let zero = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::ZERO);
+    put(&zero.store, "f", b"1").await;
+    zero.store.fail_next(Op::Head, 1);
+    assert_eq!(errno(zero.fs.lookup(Ino::ROOT, n("f")).await), libc::EIO);
+    assert_eq!(zero.fs.lookup(Ino::ROOT, n("f")).await.unwrap().size, 1);
     s.store.fail_next(Op::List, 1);
     let fh = s.fs.opendir(Ino::ROOT).unwrap();
     assert_eq!(errno(s.fs.readdir(fh, 0).await), libc::EIO);
@@ -870,4 +877,100 @@ async fn a_file_hides_a_link_of_the_same_name_and_replacing_one_removes_the_othe
         .await
         .unwrap();
     assert_eq!(s.store.keys(), vec!["x".to_string()], "the replaced link is gone");
+}
+
+/// Every request the store saw, summed over the operations a lookup may send.
+fn lookup_requests(store: &MemStore) -> u64 {
+    store.request_count(Op::Head) + store.request_count(Op::List)
+}
+
+#[tokio::test]
+async fn lookups_in_a_small_directory_cost_one_listing_then_nothing_within_the_ttl() {
+    let s = setup();
+    put(&s.store, "d/a", b"1").await;
+    put(&s.store, "d/sub/x", b"2").await;
+    let d = s.fs.lookup(Ino::ROOT, n("d")).await.unwrap();
+    let before = lookup_requests(&s.store);
+    assert_eq!(s.fs.lookup(d.ino, n("a")).await.unwrap().size, 1);
+    assert_eq!(
+        lookup_requests(&s.store),
+        before + 1,
+        "the first lookup in a directory lists it (one page)"
+    );
+    assert_eq!(s.fs.lookup(d.ino, n("sub")).await.unwrap().kind, Kind::Dir);
+    assert_eq!(errno(s.fs.lookup(d.ino, n("nope")).await), libc::ENOENT);
+    // The files an app creates one after another: a lookup (ENOENT) then a create, each free.
+    for i in 0..20 {
+        let name = format!("new{i}");
+        assert_eq!(errno(s.fs.lookup(d.ino, n(&name)).await), libc::ENOENT);
+        let (_, fh) = s.fs.create(d.ino, n(&name)).await.unwrap();
+        s.fs.write(fh, 0, b"hello").await.unwrap();
+        s.fs.release(fh).await.unwrap();
+    }
+    assert_eq!(
+        lookup_requests(&s.store),
+        before + 1,
+        "lookups answered by the listing"
+    );
+    assert_eq!(
+        s.store.request_count(Op::Put),
+        2 + 20,
+        "the two seeded, then one each"
+    );
+    // Names made here are in the listing: found again even once the kernel forgot them.
+    let again = s.fs.lookup(d.ino, n("new7")).await.unwrap();
+    s.fs.forget(again.ino, 2);
+    assert_eq!(s.fs.lookup(d.ino, n("new7")).await.unwrap().size, 5);
+    // Removed names are missing at once.
+    s.fs.unlink(d.ino, n("new3")).await.unwrap();
+    assert_eq!(errno(s.fs.lookup(d.ino, n("new3")).await), libc::ENOENT);
+    // Renamed: the old name goes, the new one comes.
+    s.fs.rename(d.ino, n("new4"), d.ino, n("moved"), 0).await.unwrap();
+    assert_eq!(errno(s.fs.lookup(d.ino, n("new4")).await), libc::ENOENT);
+    assert_eq!(s.fs.lookup(d.ino, n("moved")).await.unwrap().size, 5);
+    let m = s.fs.mkdir(d.ino, n("made")).await.unwrap();
+    s.fs.forget(m.ino, 1);
+    assert_eq!(s.fs.lookup(d.ino, n("made")).await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn a_name_another_client_adds_to_a_listed_directory_shows_after_the_ttl() {
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::from_millis(200));
+    put(&s.store, "d/a", b"1").await;
+    let d = s.fs.lookup(Ino::ROOT, n("d")).await.unwrap();
+    assert_eq!(errno(s.fs.lookup(d.ino, n("late")).await), libc::ENOENT);
+    put(&s.store, "d/late", b"22").await;
+    put(&s.store, "d/later/x", b"3").await;
+    assert_eq!(
+        errno(s.fs.lookup(d.ino, n("late")).await),
+        libc::ENOENT,
+        "within the TTL the listing answers"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(s.fs.lookup(d.ino, n("late")).await.unwrap().size, 2);
+    assert_eq!(s.fs.lookup(d.ino, n("later")).await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn lookups_in_a_directory_larger_than_a_page_ask_for_the_one_name() {
+    let s = setup_with(MemStore::with_page_size(4), |_| {});
+    for i in 0..10 {
+        put(&s.store, &format!("big/f{i}"), b"x").await;
+    }
+    let big = s.fs.lookup(Ino::ROOT, n("big")).await.unwrap();
+    // f9 is past the first page: one listing page, then the lookup of the one name.
+    assert_eq!(s.fs.lookup(big.ino, n("f9")).await.unwrap().size, 1);
+    assert_eq!(errno(s.fs.lookup(big.ino, n("nope")).await), libc::ENOENT);
+    let before = (s.store.request_count(Op::List), s.store.request_count(Op::Head));
+    assert_eq!(s.fs.lookup(big.ino, n("f8")).await.unwrap().size, 1);
+    assert_eq!(
+        (s.store.request_count(Op::List), s.store.request_count(Op::Head)),
+        (before.0 + 1, before.1 + 2),
+        "a directory known to be large is not listed again on lookup"
+    );
+    // A full readdir makes it known whole, so missing names cost nothing.
+    names(&s.fs, big.ino).await;
+    let listed = lookup_requests(&s.store);
+    assert_eq!(errno(s.fs.lookup(big.ino, n("absent")).await), libc::ENOENT);
+    assert_eq!(lookup_requests(&s.store), listed);
 }

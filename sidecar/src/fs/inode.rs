@@ -10,8 +10,14 @@
 //!   current (the local file is the truth until it is uploaded).
 //! - The negative cache remembers paths found missing; an entry is ignored as soon as a live
 //!   node exists at or below it, so it never hides a directory this mount knows about.
+//! - A *complete listing* of a directory (every page, or one page that was not truncated) is
+//!   remembered with the time it was asked: within the TTL a name it lacks is missing, without a
+//!   request. Every path this table learns (a lookup, a create, a rename target) adds its name to
+//!   its parent's listing, so the mount's own changes keep it true. A listing is recorded only
+//!   when no node was forgotten while it was in flight (a name created here, uploaded and
+//!   forgotten meanwhile could otherwise be missing from both the answer and the table).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -97,8 +103,23 @@ pub struct InodeTable {
     /// Sorted, so that everything below a path is one range.
     by_path: BTreeMap<String, Ino>,
     negative: HashMap<String, Instant>,
+    listings: HashMap<String, Listing>,
+    /// Directories whose first listing page was truncated, with when that was seen.
+    large: HashMap<String, Instant>,
+    /// Counts nodes dropped by `forget`, so that a listing knows whether one went meanwhile.
+    forgotten: u64,
     next: u64,
 }
+
+/// The names of a directory from a complete listing, kept current with this mount's changes.
+#[derive(Debug)]
+struct Listing {
+    asked: Instant,
+    names: HashSet<String>,
+}
+
+/// How long a directory is remembered as too large for a one-page listing on lookup.
+const LARGE_DIR_MEMORY: Duration = Duration::from_secs(300);
 
 impl Default for InodeTable {
     fn default() -> Self {
@@ -122,6 +143,9 @@ impl InodeTable {
             nodes: HashMap::from([(Ino::ROOT, root)]),
             by_path: BTreeMap::from([(String::new(), Ino::ROOT)]),
             negative: HashMap::new(),
+            listings: HashMap::new(),
+            large: HashMap::new(),
+            forgotten: 0,
             next: Ino::ROOT.0 + 1,
         }
     }
@@ -145,6 +169,7 @@ impl InodeTable {
     /// matches (its stat is kept when a staging file holds newer data), else a new one.
     pub fn upsert(&mut self, path: &str, kind: Kind, stat: Stat) -> Ino {
         self.negative.remove(path);
+        self.note_name(path);
         if let Some(ino) = self.at(path) {
             let node = self.nodes.get_mut(&ino).expect("by_path points at a node");
             if node.kind == kind {
@@ -174,6 +199,7 @@ impl InodeTable {
 
     /// Detaches the inode at `path`, if any, and returns it.
     pub fn detach(&mut self, path: &str) -> Option<Ino> {
+        self.drop_name(path);
         let ino = self.by_path.remove(path)?;
         let node = self.nodes.get_mut(&ino).expect("by_path points at a node");
         node.path = None;
@@ -206,6 +232,12 @@ impl InodeTable {
         for (path, _) in &moved {
             self.by_path.remove(path);
         }
+        // Listings of the moved trees no longer hold; the parents' listings gain and lose a name.
+        self.listings.retain(|dir, _| {
+            !(dir == from || dir.starts_with(&below) || dir == to || dir.starts_with(&to_below))
+        });
+        self.drop_name(from);
+        self.note_name(to);
         for (path, ino) in moved {
             let new_path = format!("{to}{}", &path[from.len()..]);
             if let Some(node) = self.nodes.get_mut(&ino) {
@@ -234,8 +266,96 @@ impl InodeTable {
         if node.lookups == 0 && !node.is_local() && ino != Ino::ROOT {
             if let Some(path) = node.path.take() {
                 self.by_path.remove(&path);
+                self.forgotten += 1;
             }
             self.nodes.remove(&ino);
+        }
+    }
+
+    /// A mark to pass to [`InodeTable::record_listing`], taken before the listing is asked.
+    pub fn listing_mark(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Records that a listing of `dir` asked at `asked` (with `mark` from
+    /// [`InodeTable::listing_mark`]) was complete and held `names`. Live nodes in `dir` count as
+    /// listed too (they may have been made while the listing was in flight). Not recorded when a
+    /// node was forgotten meanwhile; listings older than `ttl` are pruned.
+    pub fn record_listing(
+        &mut self,
+        dir: &str,
+        asked: Instant,
+        mark: u64,
+        names: HashSet<String>,
+        ttl: Duration,
+    ) {
+        self.listings.retain(|_, l| l.asked.elapsed() < ttl);
+        self.large.remove(dir);
+        if mark != self.forgotten || asked.elapsed() >= ttl {
+            return;
+        }
+        let mut names = names;
+        let below = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        for path in self.by_path.range(below.clone()..).map(|(p, _)| p) {
+            if !path.starts_with(&below) {
+                break;
+            }
+            let rest = &path[below.len()..];
+            if !rest.is_empty() && !rest.contains('/') {
+                names.insert(rest.to_string());
+            }
+        }
+        self.listings.insert(dir.to_string(), Listing { asked, names });
+    }
+
+    /// Whether a complete listing of `dir` younger than `ttl` is known.
+    pub fn has_listing(&self, dir: &str, ttl: Duration) -> bool {
+        self.listings.get(dir).is_some_and(|l| l.asked.elapsed() < ttl)
+    }
+
+    /// Whether a complete listing of `dir` younger than `ttl` lacks `name`.
+    pub fn listing_lacks(&self, dir: &str, name: &str, ttl: Duration) -> bool {
+        self.listings
+            .get(dir)
+            .is_some_and(|l| l.asked.elapsed() < ttl && !l.names.contains(name))
+    }
+
+    /// Remembers that one page did not hold all of `dir`.
+    pub fn set_large(&mut self, dir: &str) {
+        self.large.retain(|_, at| at.elapsed() < LARGE_DIR_MEMORY);
+        self.large.insert(dir.to_string(), Instant::now());
+    }
+
+    /// Whether `dir` was seen recently to need more than one listing page.
+    pub fn is_large(&self, dir: &str) -> bool {
+        self.large
+            .get(dir)
+            .is_some_and(|at| at.elapsed() < LARGE_DIR_MEMORY)
+    }
+
+    fn note_name(&mut self, path: &str) {
+        if path.is_empty() {
+            return;
+        }
+        let (dir, name) = crate::fs::names::split(path);
+        if let Some(listing) = self.listings.get_mut(dir)
+            && !listing.names.contains(name)
+        {
+            listing.names.insert(name.to_string());
+        }
+    }
+
+    fn drop_name(&mut self, path: &str) {
+        if path.is_empty() {
+            return;
+        }
+        let (dir, name) = crate::fs::names::split(path);
+        if let Some(listing) = self.listings.get_mut(dir) {
+            listing.names.remove(name);
         }
     }
 
