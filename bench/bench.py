@@ -469,10 +469,18 @@ class Bench:
         self.record(scenario, system, out["seconds"], amount, requests=out["requests"])
         log(f"  {scenario:<14} {system:<8} {out['seconds']:8.3f}s")
 
+    def sessions(self):
+        by_name = {"read": self.session_read, "random": self.session_random, "meta": self.session_meta}
+        wanted = [x for x in self.env.args.sessions.split(",") if x]
+        unknown = [x for x in wanted if x not in by_name]
+        if unknown:
+            sys.exit(f"bench: unknown session(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+        return [by_name[x] for x in wanted]
+
     def run(self, systems):
         runs = self.env.args.runs
         self.s_runs = runs
-        for session in (self.session_read, self.session_random, self.session_meta):
+        for session in self.sessions():
             for r in range(runs):
                 order = systems[r % len(systems):] + systems[:r % len(systems)]
                 log(f"{session.__name__} run {r + 1}/{runs}: {' '.join(order)}")
@@ -480,7 +488,7 @@ class Bench:
                     self.env.warm_server()
                     session(system, r)
         log("counting pass (through the proxy)")
-        for session in (self.session_read, self.session_random, self.session_meta):
+        for session in self.sessions():
             for system in systems:
                 if system != "direct":
                     self.env.warm_server()
@@ -681,6 +689,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, one run (smoke check)")
     ap.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
     ap.add_argument("--systems", default="s3mount,s3fs,rclone,direct")
+    ap.add_argument("--sessions", default="read,random,meta",
+                    help="which sessions to run: read (sequential, warm), random, meta (ls, stat, small files, "
+                         "write, first byte); a results file from a subset lacks the other scenarios")
     ap.add_argument("--out", help="markdown results file (default bench/RESULTS.md; quick: stdout only)")
     ap.add_argument("--target-dir", help="cargo target dir (default $CARGO_TARGET_DIR or ./target)")
     ap.add_argument("--work-root", default=None, help="where the scratch directory goes")

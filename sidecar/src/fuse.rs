@@ -29,6 +29,9 @@ use crate::store::ObjectStore;
 
 /// Largest read and write the kernel sends.
 pub const MAX_IO_SIZE: u32 = 1024 * 1024;
+/// The kernel read-ahead of the mount, in KiB (see [`crate::mountsys::set_read_ahead`]): random
+/// reads up to this size reach the filesystem as one request.
+pub const KERNEL_READ_AHEAD_KIB: u32 = 256;
 /// Name of the filesystem type shown in `/proc/mounts` (`fuse.s3mount`).
 pub const FS_SUBTYPE: &str = "s3mount";
 
@@ -629,5 +632,31 @@ pub fn mount<S: ObjectStore>(
     let session = fuser::Session::from_fd(adapter, fd, config.acl, config).inspect_err(|_| {
         let _ = crate::mountsys::unmount_all(mountpoint);
     })?;
-    session.spawn()
+    let session = session.spawn()?;
+    raise_read_ahead(mountpoint);
+    Ok(session)
+}
+
+/// Sets the kernel read-ahead once the kernel has taken the FUSE_INIT answer (which resets it):
+/// from a thread, as the first stat of the mount waits for that answer.
+fn raise_read_ahead(mountpoint: &Path) {
+    let mountpoint = mountpoint.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("read-ahead".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::metadata(&mountpoint) {
+                tracing::debug!(error = %e, "mount not answering; kernel read-ahead left as is");
+                return;
+            }
+            match crate::mountsys::set_read_ahead(&mountpoint, KERNEL_READ_AHEAD_KIB) {
+                Ok(knob) => tracing::debug!(knob, kib = KERNEL_READ_AHEAD_KIB, "kernel read-ahead set"),
+                Err(e) => tracing::info!(
+                    error = %e,
+                    "cannot set the kernel read-ahead; random reads over 128 KiB arrive split in two"
+                ),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to set the kernel read-ahead");
+    }
 }

@@ -163,6 +163,9 @@ pub struct MountEntry {
     pub fstype: String,
     /// Mount source, e.g. `s3mount:BUCKET`.
     pub source: String,
+    /// The filesystem's device number, `major:minor` (a FUSE mount's backing device info in
+    /// `/sys/class/bdi` has this name).
+    pub device: String,
 }
 
 /// Parses a mountinfo text, in its order (a later line is mounted on top of an earlier one).
@@ -175,9 +178,34 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: unescape_mountinfo(fields.get(4)?),
                 fstype: (*fields.get(sep + 1)?).to_string(),
                 source: fields.get(sep + 2).copied().unwrap_or_default().to_string(),
+                device: (*fields.get(2)?).to_string(),
             })
         })
         .collect()
+}
+
+/// Sets the kernel's read-ahead for the FUSE mount on top at `mountpoint`
+/// (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`).
+///
+/// When the kernel takes the FUSE_INIT answer it caps the mount's read-ahead at the default
+/// 128 KiB, whatever the filesystem asks for, so call this after the mount first answered. Reads
+/// are split into requests of at most the read-ahead: a random 256 KiB read
+/// then reaches the filesystem as a first request and a second one that looks sequential, which
+/// costs two GETs and starts a read-ahead. Raised to the size of the reads that should arrive
+/// whole, a random read comes as one request. (Larger values did not speed sequential reads on
+/// the machine `bench/RESULTS.md` names; the filesystem's own read-ahead does that work.)
+/// Needs a writable `/sys` (the privileged sidecar has one); failing is logged and harmless.
+pub fn set_read_ahead(mountpoint: &Path, kib: u32) -> io::Result<String> {
+    let want = std::path::absolute(mountpoint)?;
+    let want = want.to_string_lossy();
+    let device = own_mounts()?
+        .into_iter()
+        .rfind(|m| m.mount_point == want)
+        .map(|m| m.device)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no mount at {want}")))?;
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    std::fs::write(&knob, kib.to_string()).map_err(|e| io::Error::new(e.kind(), format!("{knob}: {e}")))?;
+    Ok(knob)
 }
 
 /// This process's mounts (`/proc/self/mountinfo`).
@@ -233,5 +261,10 @@ mod tests {
         assert_eq!(top_fstype(INFO, "/").as_deref(), Some("ext4"));
         assert_eq!(top_fstype(INFO, "/a b").as_deref(), Some("ext4"));
         assert_eq!(top_fstype(INFO, "/nothing"), None);
+        let fuse = parse_mountinfo(INFO).into_iter().nth(2).unwrap();
+        assert_eq!(
+            (fuse.device.as_str(), fuse.source.as_str()),
+            ("0:50", "s3mount:demo")
+        );
     }
 }

@@ -125,3 +125,47 @@ fn metrics_follow_s3_requests_cache_hits_and_staged_writes_by_mount() {
     assert!(m(&done, "s3mount_s3_sent_bytes_total", &[]) >= 300_000.0);
     sc.stop();
 }
+
+#[test]
+fn random_256_kib_reads_through_the_kernel_cost_one_get_each_and_no_more_bytes_than_asked() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let server = S3Server::start(ServerKind::Rclone);
+    let size = 64 * MIB;
+    let body: Vec<u8> = (0..size).map(|i| (i * 13 / 5) as u8).collect();
+    server.put_direct("big.bin", &body);
+    let sc = Sidecar::start(&server, &[]);
+    let f = std::fs::File::open(sc.path("big.bin")).unwrap();
+    drop_page_cache();
+    let before = sc.health_get("/metrics").1;
+    let gets = |t: &str| {
+        ["200", "206"]
+            .iter()
+            .filter_map(|s| sample(t, "s3mount_s3_requests_total", &[("op", "GET"), ("status", s)]))
+            .sum::<f64>()
+    };
+    let received = |t: &str| sample(t, "s3mount_s3_received_bytes_total", &[]).unwrap_or(0.0);
+    // Offsets 4 KiB-aligned, as a database or an index reader would ask, scattered (forwards
+    // and backwards, never within a read-ahead window of the one before). Not at offset 0: the
+    // kernel takes a read there for the start of a sequential one and reads ahead.
+    const READ: usize = 256 * 1024;
+    let reads = 24;
+    let mut buf = vec![0u8; READ];
+    for i in 0..reads {
+        let slot = (i * 37 + 11) % 61;
+        let off = ((slot + 1) * ((size - READ) / 62)) / 4096 * 4096;
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf == body[off..off + READ], "bytes at {off}");
+    }
+    let after = sc.health_get("/metrics").1;
+    let (sent_gets, bytes) = (gets(&after) - gets(&before), received(&after) - received(&before));
+    assert_eq!(
+        sent_gets, reads as f64,
+        "one GET per random read (the kernel read-ahead must not split them):\n{after}"
+    );
+    let amplification = bytes / (reads * READ) as f64;
+    assert!(amplification <= 1.25, "read amplification {amplification:.2}");
+    sc.stop();
+}
