@@ -26,7 +26,7 @@ pub mod format;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -358,8 +358,8 @@ impl BlockCache {
         self.check_len(data.len())?;
         let _merge = self.merge_lock(id);
         let pieces: &[(u32, &[u8])] = if data.is_empty() { &[] } else { &[(0, data)] };
-        let encoded = format::encode(id, self.offset_of(id), data.len() as u32, pieces);
-        self.write_file(id, &encoded, data.len())
+        let header = format::encode_header(id, self.offset_of(id), data.len() as u32, pieces);
+        self.write_file(id, &header, pieces, data.len())
     }
 
     /// Stores the bytes at `start` of block `id`, whose whole length is `block_len`, next to
@@ -390,8 +390,8 @@ impl BlockCache {
         };
         let pieces = format::merge(old, (start, data.to_vec()));
         let refs: Vec<(u32, &[u8])> = pieces.iter().map(|(s, d)| (*s, &d[..])).collect();
-        let encoded = format::encode(id, offset, block_len, &refs);
-        self.write_file(id, &encoded, data.len())
+        let header = format::encode_header(id, offset, block_len, &refs);
+        self.write_file(id, &header, &refs, data.len())
     }
 
     fn check_len(&self, len: usize) -> Result<(), CacheError> {
@@ -412,9 +412,16 @@ impl BlockCache {
         self.merges[stripe].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes a block file through `tmp/` and a rename; `data_len` new bytes for the counters.
-    fn write_file(&self, id: &BlockId, encoded: &[u8], data_len: usize) -> Result<(), CacheError> {
-        let size = encoded.len() as u64;
+    /// Writes a block file (`header`, then the pieces' bytes) through `tmp/` and a rename;
+    /// `data_len` new bytes for the counters.
+    fn write_file(
+        &self,
+        id: &BlockId,
+        header: &[u8],
+        pieces: &[(u32, &[u8])],
+        data_len: usize,
+    ) -> Result<(), CacheError> {
+        let size = (header.len() + pieces.iter().map(|(_, d)| d.len()).sum::<usize>()) as u64;
         if size > self.max_bytes {
             return Ok(());
         }
@@ -431,7 +438,12 @@ impl BlockCache {
         };
         let result = (|| {
             fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
-            fs::write(&tmp, encoded)?;
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(header)?;
+            for (_, data) in pieces {
+                file.write_all(data)?;
+            }
+            drop(file);
             fs::rename(&tmp, &path)
         })();
         if let Err(e) = result {

@@ -104,9 +104,17 @@ impl Decoded {
 /// Encodes a block file holding `pieces` (block offset, bytes) of a block of `block_len` bytes.
 /// The pieces must be sorted, disjoint, not touching and within the block (see [`merge`]).
 pub fn encode(id: &BlockId, offset: u64, block_len: u32, pieces: &[(u32, &[u8])]) -> Vec<u8> {
-    let data_len: usize = pieces.iter().map(|(_, d)| d.len()).sum();
-    let mut out =
-        Vec::with_capacity(72 + id.bucket.len() + id.key.len() + id.etag.len() + 8 * pieces.len() + data_len);
+    let mut out = encode_header(id, offset, block_len, pieces);
+    for (_, data) in pieces {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// What [`encode`] writes before the data (the checksum included): a writer that sends the data
+/// after it from the pieces themselves saves copying a block.
+pub fn encode_header(id: &BlockId, offset: u64, block_len: u32, pieces: &[(u32, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(72 + id.bucket.len() + id.key.len() + id.etag.len() + 8 * pieces.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     for s in [&id.bucket, &id.key, &id.etag] {
@@ -126,9 +134,6 @@ pub fn encode(id: &BlockId, offset: u64, block_len: u32, pieces: &[(u32, &[u8])]
         crc = crc32c::crc32c_append(crc, data);
     }
     out.extend_from_slice(&crc.to_le_bytes());
-    for (_, data) in pieces {
-        out.extend_from_slice(data);
-    }
     out
 }
 
