@@ -32,6 +32,20 @@ pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9810";
 pub const DEFAULT_GRACE_PERIOD: &str = "30s";
 /// Default tracing filter.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default largest ranged GET of the read-ahead.
+pub const DEFAULT_READ_PART_SIZE: &str = "8MiB";
+/// Default read-ahead GETs in flight per open file.
+pub const DEFAULT_READ_CONCURRENCY: &str = "8";
+/// Default largest read-ahead window of one open file.
+pub const DEFAULT_READ_AHEAD: &str = "64MiB";
+/// Default bound of read-ahead bytes in flight across a mount's open files.
+pub const DEFAULT_READ_MEMORY: &str = "96MiB";
+/// Smallest accepted read-ahead size (part, window, memory).
+pub const MIN_READ_PART_SIZE: u64 = 64 * 1024;
+/// Largest accepted read-ahead size.
+pub const MAX_READ_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+/// Most read-ahead GETs in flight per open file.
+pub const MAX_READ_CONCURRENCY: usize = 64;
 /// Smallest accepted block-cache bound.
 pub const MIN_CACHE_SIZE: u64 = 1024 * 1024;
 /// Longest S3 key, and so the longest accepted prefix.
@@ -114,6 +128,18 @@ struct MountArgs {
     /// How long listings and attributes are trusted (`0` allowed).
     #[arg(long, env = "S3MOUNT_METADATA_TTL", default_value = DEFAULT_METADATA_TTL)]
     metadata_ttl: String,
+    /// Largest ranged GET of the read-ahead, e.g. `8MiB`.
+    #[arg(long, env = "S3MOUNT_READ_PART_SIZE", default_value = DEFAULT_READ_PART_SIZE)]
+    read_part_size: String,
+    /// Read-ahead GETs in flight per open file.
+    #[arg(long, env = "S3MOUNT_READ_CONCURRENCY", default_value = DEFAULT_READ_CONCURRENCY)]
+    read_concurrency: String,
+    /// Largest read-ahead window of one open file.
+    #[arg(long, env = "S3MOUNT_READ_AHEAD", default_value = DEFAULT_READ_AHEAD)]
+    read_ahead: String,
+    /// Bytes of read-ahead in flight across all open files of a mount.
+    #[arg(long, env = "S3MOUNT_READ_MEMORY", default_value = DEFAULT_READ_MEMORY)]
+    read_memory: String,
     /// Plain HTTP `/livez`, `/readyz`, `/metrics`.
     #[arg(long, env = "S3MOUNT_HEALTH_LISTEN", default_value = DEFAULT_HEALTH_LISTEN)]
     health_listen: String,
@@ -142,6 +168,19 @@ pub enum Command {
     /// Several mounts served by one process (more than one `--bucket` group); the process-wide
     /// settings (cache, health, grace period, logging) are the same in each.
     MountMany(Vec<MountConfig>),
+}
+
+/// Read-ahead settings of a mount (see `reader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTuning {
+    /// Largest ranged GET of the read-ahead.
+    pub part_size: u64,
+    /// Read-ahead GETs in flight per open file.
+    pub concurrency: usize,
+    /// Largest read-ahead window of one open file.
+    pub max_window: u64,
+    /// Bytes of read-ahead in flight across all open files.
+    pub memory: u64,
 }
 
 /// Log line format.
@@ -186,6 +225,8 @@ pub struct MountConfig {
     pub dir_mode: u16,
     /// How long listings and attributes are trusted.
     pub metadata_ttl: Duration,
+    /// Read-ahead settings.
+    pub read: ReadTuning,
     /// Address of the health server.
     pub health_listen: SocketAddr,
     /// Time given to flushing after SIGTERM.
@@ -453,6 +494,11 @@ fn validate_mount(args: MountArgs) -> Result<MountConfig, ConfigError> {
     let dir_mode = mode("--dir-mode", &args.dir_mode, &mut errors);
     let metadata_ttl = duration("--metadata-ttl", &args.metadata_ttl, &mut errors).unwrap_or_default();
     let grace_period = duration("--grace-period", &args.grace_period, &mut errors).unwrap_or_default();
+    let read = read_tuning(
+        [&args.read_part_size, &args.read_ahead, &args.read_memory],
+        &args.read_concurrency,
+        &mut errors,
+    );
     let health_listen = match args.health_listen.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -493,12 +539,56 @@ fn validate_mount(args: MountArgs) -> Result<MountConfig, ConfigError> {
         file_mode,
         dir_mode,
         metadata_ttl,
+        read,
         health_listen,
         grace_period,
         stop_when_apps_exit: args.stop_when_apps_exit,
         log_level: args.log_level,
         log_format,
     })
+}
+
+/// The read-ahead flags: sizes within sense, and a memory bound that holds at least one part.
+fn read_tuning(sizes: [&str; 3], concurrency: &str, errors: &mut Vec<String>) -> ReadTuning {
+    let [part, ahead, mem] = sizes;
+    let mut size = |flag: &str, value: &str, min: u64| match value.parse::<bytesize::ByteSize>() {
+        Ok(s) if s.as_u64() >= min && s.as_u64() <= MAX_READ_SIZE => s.as_u64(),
+        Ok(_) => {
+            errors.push(format!(
+                "{flag} {value:?}: must be from {} to {}",
+                bytesize::ByteSize(min).display().iec(),
+                bytesize::ByteSize(MAX_READ_SIZE).display().iec()
+            ));
+            0
+        }
+        Err(_) => {
+            errors.push(format!("{flag} {value:?}: expected a size such as 8MiB"));
+            0
+        }
+    };
+    let part_size = size("--read-part-size", part, MIN_READ_PART_SIZE);
+    let max_window = size("--read-ahead", ahead, MIN_READ_PART_SIZE);
+    let memory = size("--read-memory", mem, MIN_READ_PART_SIZE);
+    let concurrency = match concurrency.parse::<usize>() {
+        Ok(n) if (1..=MAX_READ_CONCURRENCY).contains(&n) => n,
+        _ => {
+            errors.push(format!(
+                "--read-concurrency {concurrency:?}: expected a whole number from 1 to {MAX_READ_CONCURRENCY}"
+            ));
+            0
+        }
+    };
+    if part_size > 0 && memory > 0 && memory < part_size {
+        errors.push(format!(
+            "--read-memory {mem:?} is less than --read-part-size {part:?}: no read-ahead part would fit"
+        ));
+    }
+    ReadTuning {
+        part_size,
+        concurrency,
+        max_window,
+        memory,
+    }
 }
 
 /// S3's bucket naming rules (3-63 of lowercase letters, digits, `.` and `-`, starting and ending
@@ -602,8 +692,8 @@ impl fmt::Display for MountConfig {
             f,
             "bucket={} prefix={:?} mountpoint={} endpoint={endpoint} region={} path_style={} \
              read_only={} credentials={credentials} cache_dir={cache_dir} cache_size={} uid={} gid={} \
-             file_mode={:o} dir_mode={:o} metadata_ttl={:?} health_listen={} grace_period={:?} \
-             log_level={} log_format={:?}",
+             file_mode={:o} dir_mode={:o} metadata_ttl={:?} read_part_size={} read_concurrency={} \
+             read_ahead={} read_memory={} health_listen={} grace_period={:?} log_level={} log_format={:?}",
             self.bucket,
             self.prefix,
             self.mountpoint.display(),
@@ -616,6 +706,10 @@ impl fmt::Display for MountConfig {
             self.file_mode,
             self.dir_mode,
             self.metadata_ttl,
+            self.read.part_size,
+            self.read.concurrency,
+            self.read.max_window,
+            self.read.memory,
             self.health_listen,
             self.grace_period,
             self.log_level,
@@ -694,6 +788,59 @@ mod tests {
             );
         }
         assert_eq!(ConfigError::Invalid(errors).exit_code(), EXIT_BAD_CONFIG);
+    }
+
+    #[test]
+    fn read_ahead_flags_have_defaults_and_are_checked() {
+        let Ok(Command::Mount(config)) = parse_from(["s3mount-sidecar", "--bucket=demo", "--mountpoint=/m"])
+        else {
+            panic!("refused")
+        };
+        let mib = 1024 * 1024;
+        assert_eq!(
+            config.read,
+            ReadTuning {
+                part_size: 8 * mib,
+                concurrency: 8,
+                max_window: 64 * mib,
+                memory: 96 * mib
+            }
+        );
+        let Ok(Command::Mount(config)) = parse_from([
+            "s3mount-sidecar",
+            "--bucket=demo",
+            "--mountpoint=/m",
+            "--read-part-size=4MiB",
+            "--read-concurrency=16",
+            "--read-ahead=32MiB",
+            "--read-memory=48MiB",
+        ]) else {
+            panic!("refused")
+        };
+        assert_eq!((config.read.part_size, config.read.concurrency), (4 * mib, 16));
+        assert_eq!((config.read.max_window, config.read.memory), (32 * mib, 48 * mib));
+        let errors = invalid(&[
+            "s3mount-sidecar",
+            "--bucket=demo",
+            "--mountpoint=/m",
+            "--read-part-size=1KiB",
+            "--read-concurrency=0",
+            "--read-ahead=much",
+        ]);
+        for flag in ["--read-part-size", "--read-concurrency", "--read-ahead"] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(flag)),
+                "{flag} missing from {errors:?}"
+            );
+        }
+        let errors = invalid(&[
+            "s3mount-sidecar",
+            "--bucket=demo",
+            "--mountpoint=/m",
+            "--read-part-size=16MiB",
+            "--read-memory=8MiB",
+        ]);
+        assert!(errors[0].contains("no read-ahead part would fit"), "{errors:?}");
     }
 
     #[test]

@@ -209,6 +209,10 @@ async fn start(
         .map_or_else(|| format!("aws:{}", config.region), |u| u.to_string());
     let read_config = ReadConfig {
         namespace: format!("{endpoint} {}", config.bucket),
+        part_size: config.read.part_size,
+        max_concurrency: config.read.concurrency,
+        max_window: config.read.max_window,
+        max_inflight_bytes: config.read.memory,
         ..ReadConfig::default()
     };
     let fs = Fs::with_cache(store, fs_config, Some(Arc::new(cache)), read_config)
