@@ -1,5 +1,7 @@
 //! Baseline for `make bench-webhook`: a bare axum + rustls endpoint that answers every POST with a
-//! fixed AdmissionReview body, served with the same TLS configuration as the webhook.
+//! fixed AdmissionReview body, served with the same TLS configuration as the webhook. Like any real
+//! endpoint (and like the webhook) it takes in the whole request body before answering; it does
+//! nothing else with it.
 //!
 //! `bench_bare --cert-dir DIR --listen ADDR`: writes a self-signed `DIR/cert.pem` and
 //! `DIR/key.pem` for localhost/127.0.0.1 when they are absent (the webhook under test then uses
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::routing::post;
 use clap::Parser;
 
@@ -37,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
     let (config, _) = tls::load(&cert, &key)?;
     let app = Router::new().route(
         "/mutate",
-        post(|| async { ([("content-type", "application/json")], FIXED) }),
+        post(|body: Bytes| async move {
+            std::hint::black_box(body);
+            ([("content-type", "application/json")], FIXED)
+        }),
     );
     eprintln!("bench_bare serving on https://{}", args.listen);
     axum_server::bind_rustls(args.listen, config)

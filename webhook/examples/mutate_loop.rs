@@ -1,10 +1,23 @@
-//! Times the pure admission path (parse + mutate + answer serialization) on one fixture, without
-//! HTTP or TLS: `cargo run --release --example mutate_loop -- [FIXTURE] [ITERATIONS]`.
+//! Times the pure admission path without HTTP or TLS, stage by stage, on one fixture:
+//! `cargo run --release --example mutate_loop -- [FIXTURE] [ITERATIONS]`.
+//!
+//! Two paths answer the same: the one the server takes (`Review::parse`, which keeps only the
+//! parts of the pod the injection reads, `Review::answer`, `Reviewed::to_body`) and the full parse
+//! (`parse_body` into a `serde_json::Value`, `mutate`, `to_json`, `serde_json::to_vec`).
 
-use std::time::Instant;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use s3mount_webhook::inject::{InjectConfig, Lifecycle};
-use s3mount_webhook::review::{self, Context, NamespaceView};
+use s3mount_webhook::review::{self, Context, NamespaceView, Review};
+
+fn per(iterations: u32, mut f: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    started.elapsed() / iterations
+}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -21,13 +34,33 @@ fn main() -> anyhow::Result<()> {
         },
         opt_in_label: ("s3.mount/inject".to_owned(), "enabled".to_owned()),
     };
-    let started = Instant::now();
-    for _ in 0..iterations {
-        let v = review::parse_body(&body)?;
-        let answer = review::mutate(&v, &ctx, NamespaceView::Unknown)?;
-        std::hint::black_box(serde_json::to_vec(&answer.to_json())?);
-    }
-    let per = started.elapsed() / iterations;
-    println!("{fixture}: {per:?} per request over {iterations} iterations");
+    let view = NamespaceView::Unknown;
+
+    let server = per(iterations, || {
+        let answer = Review::parse(&body).and_then(|r| r.answer(&ctx, view));
+        black_box(answer.map(|a| a.to_body()).ok());
+    });
+    let full = per(iterations, || {
+        let answer = review::parse_body(&body).and_then(|v| review::mutate(&v, &ctx, view));
+        black_box(answer.map(|a| serde_json::to_vec(&a.to_json())).ok());
+    });
+    println!(
+        "{fixture} ({} bytes), per request over {iterations} iterations:",
+        body.len()
+    );
+    println!("  server path (one pass):  {server:?}");
+    println!("  full parse into a Value: {full:?}");
+
+    let parse = per(iterations, || drop(black_box(Review::parse(&body))));
+    let parsed = Review::parse(&body)?;
+    let answer = per(iterations, || drop(black_box(parsed.clone().answer(&ctx, view))));
+    let clone = per(iterations, || drop(black_box(parsed.clone())));
+    let reviewed = parsed.answer(&ctx, view)?;
+    let encode = per(iterations, || drop(black_box(reviewed.to_body())));
+    println!(
+        "  server path stages: parse {parse:?}, answer {:?}, encode {encode:?} ({} bytes)",
+        answer.saturating_sub(clone),
+        reviewed.to_body().len()
+    );
     Ok(())
 }

@@ -534,7 +534,7 @@ fn insert(ops: &mut Vec<PatchOperation>, field: &str, current: Option<&Value>, a
         let idx = at.to_string();
         ops.push(add(&["spec", field, &idx], item));
     } else {
-        ops.push(add(&["spec", field], json!([item])));
+        ops.push(add(&["spec", field], Value::Array(vec![item])));
     }
 }
 
@@ -696,7 +696,9 @@ fn secret_env(secret: &str) -> Vec<Value> {
         if optional {
             r["optional"] = Value::Bool(true);
         }
-        json!({"name": key, "valueFrom": {"secretKeyRef": r}})
+        let mut e = json!({"name": key, "valueFrom": {}});
+        e["valueFrom"]["secretKeyRef"] = r;
+        e
     };
     vec![
         entry("AWS_ACCESS_KEY_ID", false),
@@ -753,7 +755,10 @@ fn resources(wanted: &PodMounts) -> Value {
     };
     let requests = entries(cpu_req, mem_req);
     let limits = entries(cpu_lim, mem_lim);
-    let mut out = json!({"requests": requests});
+    let mut out = Value::Object(serde_json::Map::from_iter([(
+        "requests".to_owned(),
+        Value::Object(requests),
+    )]));
     if !limits.is_empty() {
         out["limits"] = Value::Object(limits);
     }
@@ -790,6 +795,7 @@ fn sidecar_container(wanted: &PodMounts, cfg: &InjectConfig, grace: i64, identit
     });
     env.retain(|e| e.is_object());
 
+    // Values that are already JSON are moved in: `json!` would serialize them into a copy.
     let mut c = json!({
         "name": SIDECAR_NAME,
         "image": cfg.sidecar_image,
@@ -800,9 +806,9 @@ fn sidecar_container(wanted: &PodMounts, cfg: &InjectConfig, grace: i64, identit
             "runAsNonRoot": false,
             "readOnlyRootFilesystem": true,
         },
-        "volumeMounts": volume_mounts,
-        "resources": resources(wanted),
     });
+    c["volumeMounts"] = Value::Array(volume_mounts);
+    c["resources"] = resources(wanted);
     if !env.is_empty() {
         c["env"] = Value::Array(env);
     }

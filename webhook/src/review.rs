@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::inject::{self, InjectConfig, Plan};
 use crate::policy::{self, NamespaceInfo};
+use crate::prune::{self, Shape};
 
 /// API versions of AdmissionReview this webhook answers.
 pub const API_VERSIONS: &[&str] = &["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
@@ -111,6 +112,11 @@ pub struct Context {
 /// Parses a request body into JSON, refusing what is not an AdmissionReview.
 pub fn parse_body(body: &[u8]) -> Result<Value, ReviewError> {
     let v: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
+    check_review(&v)?;
+    Ok(v)
+}
+
+fn check_review(v: &Value) -> Result<(), ReviewError> {
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind != "AdmissionReview" {
         return Err(ReviewError::WrongKind(kind.to_owned()));
@@ -122,31 +128,154 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ReviewError> {
     if v.get("request").is_none_or(Value::is_null) {
         return Err(ReviewError::NoRequest);
     }
-    Ok(v)
+    Ok(())
 }
 
 /// The namespace a request concerns (the request's, else the object's).
 pub fn request_namespace(body: &Value) -> Option<&str> {
-    body.pointer("/request/namespace")
+    namespace_of(body, body.pointer("/request/object").unwrap_or(&Value::Null))
+}
+
+/// The request's namespace from the review (its objects may be stripped), else the object's.
+fn namespace_of<'a>(review: &'a Value, object: &'a Value) -> Option<&'a str> {
+    review
+        .pointer("/request/namespace")
         .and_then(Value::as_str)
-        .or_else(|| {
-            body.pointer("/request/object/metadata/namespace")
-                .and_then(Value::as_str)
-        })
+        .or_else(|| object.pointer("/metadata/namespace").and_then(Value::as_str))
         .filter(|s| !s.is_empty())
+}
+
+/// What of a pod the admission reads: its names and annotations, and of its spec the container
+/// lists (names, images, volumeMounts, env), the volume names and the fields the sidecar's
+/// lifecycle depends on. [`inject::plan`] reads nothing else (the equivalence tests in
+/// `tests/admission.rs` hold it to that).
+const POD: Shape = Shape::Object(&[
+    (
+        "metadata",
+        Shape::Object(&[
+            ("name", Shape::All),
+            ("generateName", Shape::All),
+            ("namespace", Shape::All),
+            ("annotations", Shape::All),
+        ]),
+    ),
+    (
+        "spec",
+        Shape::Object(&[
+            ("containers", Shape::Array(&CONTAINER)),
+            ("initContainers", Shape::Array(&CONTAINER)),
+            ("volumes", Shape::Array(&Shape::Object(&[("name", Shape::All)]))),
+            ("terminationGracePeriodSeconds", Shape::All),
+            ("restartPolicy", Shape::All),
+            ("shareProcessNamespace", Shape::All),
+        ]),
+    ),
+]);
+const CONTAINER: Shape = Shape::Object(&[
+    ("name", Shape::All),
+    ("image", Shape::All),
+    ("volumeMounts", Shape::All),
+    ("env", Shape::All),
+]);
+/// The review: every field kube's `AdmissionReview` reads, with `request.object` cut to [`POD`]
+/// and `request.oldObject` dropped (as [`envelope`] drops it).
+static REVIEW: Shape = Shape::Object(&[
+    ("apiVersion", Shape::All),
+    ("kind", Shape::All),
+    ("response", Shape::All),
+    (
+        "request",
+        Shape::Object(&[
+            ("uid", Shape::All),
+            ("kind", Shape::All),
+            ("resource", Shape::All),
+            ("subResource", Shape::All),
+            ("requestKind", Shape::All),
+            ("requestResource", Shape::All),
+            ("requestSubResource", Shape::All),
+            ("name", Shape::All),
+            ("namespace", Shape::All),
+            ("operation", Shape::All),
+            ("userInfo", Shape::All),
+            ("object", POD),
+            ("dryRun", Shape::All),
+            ("options", Shape::All),
+        ]),
+    ),
+]);
+
+/// A request body parsed once into what the webhook reads: the review without its objects (what
+/// kube's types are read from) and the pod with only the parts the injection looks at.
+///
+/// [`Review::parse`] accepts and refuses exactly what [`parse_body`] does, with the same errors,
+/// and [`Review::answer`] answers exactly what [`mutate`] answers for the same body; it only
+/// allocates much less (a pod's status, probes, resources and the like are checked, not kept).
+#[derive(Debug, Clone)]
+pub struct Review {
+    envelope: Value,
+    object: Value,
+}
+
+impl Review {
+    /// Parses and checks a request body.
+    pub fn parse(body: &[u8]) -> Result<Review, ReviewError> {
+        match prune::from_slice(body, &REVIEW) {
+            Some(Ok(mut envelope)) => {
+                check_review(&envelope)?;
+                let object = envelope
+                    .get_mut("request")
+                    .and_then(Value::as_object_mut)
+                    .and_then(|r| r.remove("object"))
+                    .unwrap_or(Value::Null);
+                Ok(Review { envelope, object })
+            }
+            // Not JSON: the full parse names the error exactly as it always has.
+            Some(Err(_)) | None => parse_body(body).map(|v| Review::from_value(&v)),
+        }
+    }
+
+    /// The same from an already parsed body.
+    pub fn from_value(body: &Value) -> Review {
+        Review {
+            envelope: envelope(body),
+            object: body.pointer("/request/object").cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    /// The namespace the request concerns, as [`request_namespace`] reads it.
+    pub fn namespace(&self) -> Option<&str> {
+        namespace_of(&self.envelope, &self.object)
+    }
+
+    /// Answers the review, as [`mutate`] does.
+    pub fn answer(self, ctx: &Context, namespace: NamespaceView<'_>) -> Result<Reviewed, ReviewError> {
+        answer(self.envelope, &self.object, ctx, namespace)
+    }
 }
 
 /// Answers one AdmissionReview (already checked by [`parse_body`]).
 pub fn mutate(body: &Value, ctx: &Context, namespace: NamespaceView<'_>) -> Result<Reviewed, ReviewError> {
+    let raw = body.pointer("/request/object").unwrap_or(&Value::Null);
+    answer(envelope(body), raw, ctx, namespace)
+}
+
+/// Answers a review given as its envelope (the review without `request.object` and
+/// `request.oldObject`) and its raw pod.
+fn answer(
+    envelope: Value,
+    raw: &Value,
+    ctx: &Context,
+    namespace: NamespaceView<'_>,
+) -> Result<Reviewed, ReviewError> {
+    let ns_name = namespace_of(&envelope, raw).unwrap_or_default().to_owned();
     // The typed envelope is read without the objects: the pod is used raw (so unknown fields
     // survive), and not copying it into kube's types keeps a request cheap.
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(envelope(body)).map_err(ReviewError::BadRequest)?;
+        serde_json::from_value(envelope).map_err(ReviewError::BadRequest)?;
     let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    let raw = body.pointer("/request/object").unwrap_or(&Value::Null);
     let info = RequestInfo {
         uid: req.uid.clone(),
-        namespace: request_namespace(body).unwrap_or_default().to_owned(),
+        namespace: ns_name,
         pod: pod_name(raw),
         operation: format!("{:?}", req.operation).to_uppercase(),
         dry_run: req.dry_run,
@@ -240,11 +369,71 @@ impl Reviewed {
         v
     }
 
+    /// The answer as the bytes of `serde_json::to_vec(&self.to_json())`, written without copying
+    /// the base64 patch into a `Value` and escaping it again (base64 needs no escaping).
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut review = self.review.clone();
+        let patch = review.response.as_mut().and_then(|r| r.patch.take());
+        let mut v = serde_json::to_value(&review).unwrap_or(Value::Null);
+        let response = v.get_mut("response").and_then(Value::as_object_mut);
+        let (Some(patch), Some(response)) = (patch, response) else {
+            return serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        };
+        // A placeholder where to_json puts the patch, so that the keys keep to_json's order.
+        response.insert("patch".to_owned(), Value::Null);
+        let Some(top) = v.as_object() else {
+            return serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        };
+        let encoded = patch.len().div_ceil(3) * 4;
+        let mut out = Vec::with_capacity(encoded + 512);
+        out.push(b'{');
+        for (i, (key, value)) in top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            put(&mut out, key);
+            out.push(b':');
+            let Some(response) = value.as_object().filter(|_| key == "response") else {
+                put(&mut out, value);
+                continue;
+            };
+            out.push(b'{');
+            for (j, (key, value)) in response.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                put(&mut out, key);
+                out.push(b':');
+                if key != "patch" {
+                    put(&mut out, value);
+                    continue;
+                }
+                out.push(b'"');
+                let start = out.len();
+                out.resize(start + encoded, 0);
+                let written = BASE64_STANDARD
+                    .encode_slice(&patch, &mut out[start..])
+                    .unwrap_or_default();
+                out.truncate(start + written);
+                out.push(b'"');
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        out
+    }
+
     /// The JSON patch operations of the answer, if it has any.
     pub fn patch(&self) -> Option<json_patch::Patch> {
         let bytes = self.review.response.as_ref()?.patch.as_ref()?;
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// Appends `v` as JSON.
+fn put(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
+    // Writing JSON into a Vec cannot fail (and a Value or a string always serializes).
+    let _ = serde_json::to_writer(out, v);
 }
 
 /// The review without `request.object` and `request.oldObject`.

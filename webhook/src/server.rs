@@ -1,7 +1,8 @@
 //! HTTP layer: the `/mutate` router (served over TLS by `main`) and the plain-HTTP health router.
 //!
 //! Both are plain `axum::Router`s, so tests drive them with `tower::ServiceExt::oneshot` and no
-//! socket. The handler only times the request, opens its span, calls [`review::mutate`] and
+//! socket. The handler only times the request, calls [`Review::parse`] and [`Review::answer`]
+//! (what [`crate::review::mutate`] answers, read in one pass), logs in the request's span and
 //! records the outcome.
 
 use std::sync::Arc;
@@ -14,11 +15,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::namespaces::NamespaceStore;
-use crate::review::{self, Context, NamespaceView, Outcome};
+use crate::review::{Context, NamespaceView, Outcome, Review};
 
 /// Largest accepted request body. The API server caps objects at 1.5 MiB; a review carries at most
 /// the object and the old object.
@@ -99,52 +99,56 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!(
-        "admission",
-        uid = tracing::field::Empty,
-        namespace = tracing::field::Empty,
-        pod = tracing::field::Empty,
-        operation = tracing::field::Empty,
-        dry_run = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    let (outcome, response) = async { answer(&state, &body) }.instrument(span.clone()).await;
-    span.record("outcome", outcome.as_str());
+    let (outcome, response) = answer(&state, &body);
     state.metrics.observe(outcome, started.elapsed());
     response
 }
 
 fn answer(state: &AppState, body: &[u8]) -> (Outcome, Response) {
-    let span = tracing::Span::current();
-    let parsed = review::parse_body(body);
-    let result = parsed.and_then(|v| {
-        let ns_name = review::request_namespace(&v).unwrap_or_default().to_owned();
+    let result = Review::parse(body).and_then(|review| {
         let guard;
         let view = match &state.namespaces {
             None => NamespaceView::Unknown,
             Some(store) => {
-                guard = store.get(&ns_name);
+                guard = store.get(review.namespace().unwrap_or_default());
                 NamespaceView::Known(guard.as_ref())
             }
         };
-        review::mutate(&v, &state.ctx, view)
+        review.answer(&state.ctx, view)
     });
+    // The request's span is opened once everything in it is known: filling in the fields of an
+    // open span one by one costs a re-serialization of all of them per field with the JSON log
+    // format. Nothing is logged before this point.
     match result {
         Ok(r) => {
-            span.record("uid", r.info.uid.as_str());
-            span.record("namespace", r.info.namespace.as_str());
-            span.record("pod", r.info.pod.as_str());
-            span.record("operation", r.info.operation.as_str());
-            span.record("dry_run", r.info.dry_run);
-            span.record("outcome", r.outcome.as_str());
+            let span = tracing::info_span!(
+                "admission",
+                uid = r.info.uid.as_str(),
+                namespace = r.info.namespace.as_str(),
+                pod = r.info.pod.as_str(),
+                operation = r.info.operation.as_str(),
+                dry_run = r.info.dry_run,
+                outcome = r.outcome.as_str(),
+            );
+            let _entered = span.enter();
             match r.outcome {
                 Outcome::Denied => tracing::info!(reason = %r.reason, "admission denied"),
                 _ => tracing::info!(reason = %r.reason, "admission answered"),
             }
-            (r.outcome, axum::Json(r.to_json()).into_response())
+            let json = [(header::CONTENT_TYPE, "application/json")];
+            (r.outcome, (json, r.to_body()).into_response())
         }
         Err(e) => {
-            span.record("outcome", "invalid");
+            let span = tracing::info_span!(
+                "admission",
+                uid = tracing::field::Empty,
+                namespace = tracing::field::Empty,
+                pod = tracing::field::Empty,
+                operation = tracing::field::Empty,
+                dry_run = tracing::field::Empty,
+                outcome = Outcome::Invalid.as_str(),
+            );
+            let _entered = span.enter();
             tracing::warn!(error = %e, "invalid admission request");
             (
                 Outcome::Invalid,

@@ -1,15 +1,18 @@
 //! Property tests over generated pods: the patch applies with a strict RFC 6902 implementation,
 //! every pre-existing field (including ones no Kubernetes type knows) is deep-equal afterwards,
-//! existing init containers are byte-for-byte unchanged, and a second pass yields no patch.
+//! existing init containers are byte-for-byte unchanged, and a second pass yields no patch; and
+//! the one-pass reading the server uses answers every generated pod, odd values anywhere
+//! included, exactly like the full parse.
 
 mod common;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use common::{apply, fixture, preserved, run, with_object};
+use common::{apply, context, fixture, preserved, run, same_answer, with_object};
 use s3mount_webhook::inject::{Lifecycle, SIDECAR_NAME};
-use s3mount_webhook::review::Outcome;
+use s3mount_webhook::policy::NamespaceInfo;
+use s3mount_webhook::review::{NamespaceView, Outcome};
 
 fn unknown_value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -127,8 +130,110 @@ prop_compose! {
     }
 }
 
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        "\\PC{0,8}".prop_map(Value::from),
+        Just(json!("s3mount-sidecar")),
+        Just(json!("AWS_ROLE_ARN")),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "name",
+                    "image",
+                    "env",
+                    "value",
+                    "volumeMounts",
+                    "mountPath",
+                    "x"
+                ]),
+                inner,
+                0..4,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+/// Where a generated pod gets an odd value: replaced, or added under one of these keys.
+const PLACES: &[&str] = &[
+    "",
+    "/metadata",
+    "/metadata/annotations",
+    "/spec",
+    "/spec/containers",
+    "/spec/containers/0",
+    "/spec/containers/0/volumeMounts",
+    "/spec/containers/0/env",
+    "/spec/initContainers",
+    "/spec/initContainers/0",
+    "/spec/volumes",
+    "/spec/volumes/0",
+];
+const KEYS: &[&str] = &[
+    "metadata",
+    "spec",
+    "annotations",
+    "name",
+    "generateName",
+    "namespace",
+    "containers",
+    "initContainers",
+    "volumes",
+    "image",
+    "env",
+    "volumeMounts",
+    "mountPath",
+    "terminationGracePeriodSeconds",
+    "restartPolicy",
+    "shareProcessNamespace",
+    "status",
+    "x-unknown",
+];
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_pass_reading_answers_generated_pods_like_the_full_parse(
+        pod in pod(),
+        odd in prop::collection::vec(
+            (prop::sample::select(PLACES), prop::option::of(prop::sample::select(KEYS)), any_json()),
+            0..3,
+        ),
+        restart in prop::option::of(prop::sample::select(vec!["Always", "Never", "OnFailure"])),
+        legacy in any::<bool>(),
+    ) {
+        let mut pod = pod;
+        if let Some(r) = restart {
+            pod["spec"]["restartPolicy"] = json!(r);
+        }
+        for (place, key, value) in odd {
+            let Some(target) = pod.pointer_mut(place) else { continue };
+            match (key, target) {
+                (Some(k), Value::Object(m)) => {
+                    m.insert(k.to_owned(), value);
+                }
+                (_, t) => *t = value,
+            }
+        }
+        let lifecycle = if legacy { Lifecycle::Legacy } else { Lifecycle::Native };
+        let body = serde_json::to_vec(&with_object(&fixture("basic-pod.json"), pod)).unwrap();
+        let ctx = context(lifecycle);
+        let opted = NamespaceInfo {
+            labels: [("s3.mount/inject".to_owned(), "enabled".to_owned())].into(),
+            annotations: [("s3.mount/force-read-only".to_owned(), "true".to_owned())].into(),
+        };
+        same_answer(&body, &ctx, NamespaceView::Unknown);
+        same_answer(&body, &ctx, NamespaceView::Known(Some(&opted)));
+    }
 
     #[test]
     fn generated_pods_patch_strictly_keep_every_field_and_are_idempotent(

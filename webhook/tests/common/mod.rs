@@ -75,3 +75,60 @@ pub fn preserved(before: &Value, after: &Value) -> bool {
         _ => before == after,
     }
 }
+
+/// Checks that the one-pass reading of `body` ([`review::Review`], what the server uses) answers
+/// exactly what the full parse ([`review::parse_body`] + [`review::mutate`]) answers: the same
+/// error, or the same outcome, log fields, reason and answer, and that [`Reviewed::to_body`] is
+/// byte for byte the serialized [`Reviewed::to_json`]. Returns the answer's outcome, if any.
+pub fn same_answer(body: &[u8], ctx: &Context, view: NamespaceView<'_>) -> Option<review::Outcome> {
+    let full = review::parse_body(body);
+    let one = review::Review::parse(body);
+    let (full, one) = match (full, one) {
+        (Ok(f), Ok(o)) => {
+            assert_eq!(
+                review::request_namespace(&f),
+                o.namespace(),
+                "namespace of {}",
+                String::from_utf8_lossy(body)
+            );
+            (review::mutate(&f, ctx, view), o.answer(ctx, view))
+        }
+        (Err(f), Err(o)) => {
+            assert_eq!(f.to_string(), o.to_string());
+            return None;
+        }
+        (f, o) => panic!(
+            "full parse {:?}, one pass {:?} for {}",
+            f.map(|_| ()),
+            o.map(|_| ()),
+            String::from_utf8_lossy(body)
+        ),
+    };
+    match (full, one) {
+        (Ok(f), Ok(o)) => {
+            assert_eq!(
+                (f.outcome, &f.info, &f.reason),
+                (o.outcome, &o.info, &o.reason),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            let json = f.to_json();
+            assert_eq!(json, o.to_json(), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                String::from_utf8(o.to_body()).unwrap(),
+                serde_json::to_string(&json).unwrap()
+            );
+            Some(f.outcome)
+        }
+        (Err(f), Err(o)) => {
+            assert_eq!(f.to_string(), o.to_string());
+            None
+        }
+        (f, o) => panic!(
+            "full parse {:?}, one pass {:?} for {}",
+            f.map(|r| r.outcome),
+            o.map(|r| r.outcome),
+            String::from_utf8_lossy(body)
+        ),
+    }
+}
