@@ -109,6 +109,35 @@ async fn readdir_lists_every_page_of_a_large_directory() {
     assert_eq!(listed.iter().filter(|(_, k)| *k == Kind::Dir).count(), 9);
 }
 
+/// `ls -l` of a large directory: the readdir costs its listing pages and nothing else, and the
+/// stat of every entry listed costs no request within the TTL (issue 7's request economy).
+#[tokio::test]
+async fn ls_l_of_a_large_directory_costs_its_list_pages_and_no_head() {
+    let s = setup_with(MemStore::with_page_size(10), |_| {});
+    for i in 0..100 {
+        put(&s.store, &format!("ls/f{i:03}"), &vec![1; i]).await;
+    }
+    let dir = s.fs.lookup(Ino::ROOT, n("ls")).await.unwrap();
+    let (lists, heads) = (s.store.request_count(Op::List), s.store.request_count(Op::Head));
+    let fh = s.fs.opendir(dir.ino).unwrap();
+    let entries = s.fs.readdirplus(fh, 0).await.unwrap();
+    assert_eq!(entries.len(), 102, "100 files, . and ..");
+    for i in 0..100 {
+        let attr = s.fs.lookup(dir.ino, n(&format!("f{i:03}"))).await.unwrap();
+        assert_eq!(attr.size, i as u64);
+    }
+    assert_eq!(
+        s.store.request_count(Op::List) - lists,
+        10,
+        "one LIST per page of 10"
+    );
+    assert_eq!(
+        s.store.request_count(Op::Head) - heads,
+        0,
+        "no HEAD for listed entries"
+    );
+}
+
 #[tokio::test]
 async fn readdir_takes_attributes_from_the_listing_without_head() {
     let s = setup();
