@@ -703,6 +703,33 @@ impl<S: ObjectStore> Fs<S> {
         Ok(Arc::new(Staging::create(self.config.staging_dir.join(name))?))
     }
 
+    /// Whether the kernel may keep the page cache it holds for the file behind `fh` (the FUSE
+    /// open flag `FOPEN_KEEP_CACHE`), asked once right after [`Fs::open`]. Yes only for a
+    /// read-only handle of the same uploaded version (ETag) that the last read-only open of the
+    /// inode saw: the kernel then serves a re-read from memory with no FUSE read and no S3
+    /// request. Any other open (a new version, staged data, a handle for writing) drops the
+    /// kernel's pages, so a new open never sees bytes of an older version.
+    pub fn keep_page_cache(&self, fh: Fh) -> bool {
+        let (ino, version) = match self.handles().get(&fh) {
+            Some(Handle::File {
+                ino,
+                write: false,
+                etag: Some(etag),
+                reader: Some(_),
+                ..
+            }) => (*ino, Some(etag.clone())),
+            Some(Handle::File { ino, .. }) => (*ino, None),
+            _ => return false,
+        };
+        let mut table = self.table();
+        let Some(node) = table.get_mut(ino) else {
+            return false;
+        };
+        let keep = version.is_some() && node.kernel_etag == version;
+        node.kernel_etag = version;
+        keep
+    }
+
     /// Opens a file. Opening for writing copies the object into a staging file (unless truncated).
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<Fh> {
         if mode.write || mode.truncate {
@@ -1194,6 +1221,9 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsADirectory(path));
         }
         let ino = self.table().upsert(&path, Kind::File, Stat::empty());
+        if let Some(node) = self.table().get_mut(ino) {
+            node.kernel_etag = None;
+        }
         let staging = self.new_staging(ino)?;
         staging.mark_dirty();
         staging.allow_streaming();

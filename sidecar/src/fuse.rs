@@ -353,9 +353,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         self.spawn(
             "open",
             span,
-            move |fs| async move { fs.open(Ino(ino.0), mode).await },
+            move |fs| async move {
+                let fh = fs.open(Ino(ino.0), mode).await?;
+                Ok((fh, fs.keep_page_cache(fh)))
+            },
             move |r| match r {
-                Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+                Ok((fh, true)) => reply.opened(FileHandle(fh.0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok((fh, false)) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             },
         );

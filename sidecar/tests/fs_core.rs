@@ -551,6 +551,77 @@ async fn remote_changes_become_visible_after_the_metadata_ttl() {
     );
 }
 
+/// The kernel keeps its page cache across opens only while the version is the same: a re-read
+/// of an unchanged object costs no FUSE read, and a new version or a local write drops it.
+#[tokio::test]
+async fn the_kernel_page_cache_is_kept_across_opens_only_for_the_same_version() {
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::ZERO);
+    put(&s.store, "f", b"version 1").await;
+    let ino = s.fs.lookup(Ino::ROOT, n("f")).await.unwrap().ino;
+    let read = OpenMode {
+        write: false,
+        truncate: false,
+    };
+    let open_keep = |mode| {
+        let fs = &s.fs;
+        async move {
+            let fh = fs.open(ino, mode).await.unwrap();
+            let keep = fs.keep_page_cache(fh);
+            fs.release(fh).await.unwrap();
+            keep
+        }
+    };
+    assert!(!open_keep(read).await, "first open: nothing cached yet");
+    assert!(open_keep(read).await, "same version: keep");
+    assert!(open_keep(read).await, "still the same version: keep");
+
+    put(&s.store, "f", b"version 2").await;
+    assert!(!open_keep(read).await, "another client replaced the object: drop");
+    assert!(open_keep(read).await, "the new version, unchanged since: keep");
+
+    let write = OpenMode {
+        write: true,
+        truncate: false,
+    };
+    assert!(!open_keep(write).await, "an open for writing never keeps");
+    assert!(
+        !open_keep(read).await,
+        "after an open for writing the next read drops"
+    );
+    assert!(open_keep(read).await);
+}
+
+/// `touch -d` succeeds and shows the new mtime until the attributes are refreshed from S3;
+/// it is not stored (S3's Last-Modified is the mtime), as SEMANTICS.md says.
+#[tokio::test]
+async fn setting_mtime_shows_until_the_next_refresh_and_is_not_stored() {
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::from_millis(200));
+    put(&s.store, "f", b"data").await;
+    let attr = s.fs.lookup(Ino::ROOT, n("f")).await.unwrap();
+    let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let set =
+        s.fs.setattr(
+            attr.ino,
+            SetAttr {
+                mtime: Some(past),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.mtime, past);
+    assert_eq!(
+        s.fs.getattr(attr.ino).await.unwrap().mtime,
+        past,
+        "within the TTL"
+    );
+    assert_eq!(s.store.keys(), vec!["f"], "nothing written to S3");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let refreshed = s.fs.getattr(attr.ino).await.unwrap();
+    assert_ne!(refreshed.mtime, past, "after the TTL S3's Last-Modified again");
+    assert_eq!(refreshed.size, 4);
+}
+
 #[tokio::test]
 async fn a_zero_ttl_sees_remote_changes_at_once() {
     let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::ZERO);

@@ -169,3 +169,44 @@ fn random_256_kib_reads_through_the_kernel_cost_one_get_each_and_no_more_bytes_t
     assert!(amplification <= 1.25, "read amplification {amplification:.2}");
     sc.stop();
 }
+
+/// A re-read of an unchanged object is served by the kernel's page cache, kept across opens
+/// (FOPEN_KEEP_CACHE): no FUSE read reaches the sidecar. After another client replaces the
+/// object (and the metadata TTL has passed) the next open drops the kernel's pages and reads the
+/// new bytes.
+#[test]
+fn the_kernel_page_cache_serves_a_reread_until_the_object_changes() {
+    if !can_mount() {
+        return;
+    }
+    let server = S3Server::start(ServerKind::Rclone);
+    let v1: Vec<u8> = (0..3 * MIB).map(|i| (i % 251) as u8).collect();
+    server.put_direct("model.bin", &v1);
+    let sc = Sidecar::start(&server, &["--metadata-ttl=300ms"]);
+    let reads = |sc: &Sidecar| {
+        sample(
+            &sc.health_get("/metrics").1,
+            "s3mount_fuse_requests_total",
+            &[("op", "read")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(std::fs::read(sc.path("model.bin")).unwrap() == v1, "first read");
+    let after_first = reads(&sc);
+    assert!(after_first > 0.0, "the first read goes through FUSE");
+    assert!(std::fs::read(sc.path("model.bin")).unwrap() == v1, "re-read");
+    assert_eq!(
+        reads(&sc),
+        after_first,
+        "a re-read of the same version reaches no FUSE read"
+    );
+
+    let v2: Vec<u8> = (0..3 * MIB).map(|i| (i % 241) as u8).collect();
+    server.put_direct("model.bin", &v2);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        std::fs::read(sc.path("model.bin")).unwrap() == v2,
+        "the new version after the TTL"
+    );
+    assert!(reads(&sc) > after_first, "the new version is read through FUSE");
+}

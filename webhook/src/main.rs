@@ -219,25 +219,7 @@ async fn connect_kube(config: &Config) -> (Lifecycle, Option<NamespaceStore>) {
     };
     let lifecycle = match fixed {
         Some(l) => l,
-        None => {
-            let probe = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                namespaces::supports_native_sidecars(&client),
-            )
-            .await;
-            match probe {
-                Ok(Ok(true)) => Lifecycle::Native,
-                Ok(Ok(false)) => Lifecycle::Legacy,
-                Ok(Err(e)) => {
-                    no_api(&e.to_string(), fallback);
-                    return (fallback, None);
-                }
-                Err(_) => {
-                    no_api("API server version request timed out", fallback);
-                    return (fallback, None);
-                }
-            }
-        }
+        None => namespaces::auto_lifecycle(&client, fallback, std::time::Duration::from_secs(5)).await,
     };
     (lifecycle, Some(NamespaceStore::start(client)))
 }

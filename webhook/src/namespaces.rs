@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -13,6 +14,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use crate::inject::Lifecycle;
 use crate::policy::NamespaceInfo;
 
 /// First Kubernetes minor version (1.x) with native sidecars on by default.
@@ -32,6 +34,27 @@ pub enum KubeError {
 /// Connects with the usual inference (in-cluster service account, else kubeconfig).
 pub async fn client() -> Result<Client, KubeError> {
     Client::try_default().await.map_err(KubeError::NoConfig)
+}
+
+/// The sidecar mode for `--sidecar-mode=auto` on a configured client: native when the API server
+/// is 1.29 or later, legacy before, and `fallback` when its version cannot be read (logged as a
+/// warning). Only the mode falls back: the namespace checks stay on whatever the version probe
+/// answered, because a client is configured and the namespace watch retries on its own (the
+/// webhook is not ready until it has synced).
+pub async fn auto_lifecycle(client: &Client, fallback: Lifecycle, timeout: Duration) -> Lifecycle {
+    let why = match tokio::time::timeout(timeout, supports_native_sidecars(client)).await {
+        Ok(Ok(true)) => return Lifecycle::Native,
+        Ok(Ok(false)) => return Lifecycle::Legacy,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("the API server version request timed out after {timeout:?}"),
+    };
+    tracing::warn!(
+        reason = why,
+        sidecar_mode = ?fallback,
+        "--sidecar-mode=auto: the API server version is unknown; using --sidecar-mode-fallback \
+         (namespace opt-in, Pod Security and namespace policy checks stay on)"
+    );
+    fallback
 }
 
 /// Whether the API server runs native sidecars (>= 1.29).

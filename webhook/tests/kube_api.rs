@@ -463,6 +463,40 @@ async fn version_endpoint_decides_native_sidecars() {
     assert!(matches!(err, namespaces::KubeError::Version(_)), "{err}");
 }
 
+/// `--sidecar-mode=auto`: the version decides; an unreadable or unreachable version falls back
+/// to the configured mode with a warning that says the namespace checks stay on.
+#[tokio::test]
+async fn auto_mode_follows_the_version_and_falls_back_when_it_cannot_be_read() {
+    let logs = logs();
+    let quick = Duration::from_secs(5);
+    for (minor, fallback, want) in [
+        ("30", Lifecycle::Legacy, Lifecycle::Native),
+        ("28", Lifecycle::Native, Lifecycle::Legacy),
+        ("next", Lifecycle::Legacy, Lifecycle::Legacy),
+        ("next", Lifecycle::Native, Lifecycle::Native),
+    ] {
+        let server = Server::spawn(Fake::new("1", minor)).await;
+        let got = namespaces::auto_lifecycle(&server.client(), fallback, quick).await;
+        assert_eq!(got, want, "1.{minor} with fallback {fallback:?}");
+    }
+    assert!(
+        logs.text()
+            .contains("API server version 1.next is not understood"),
+        "{}",
+        logs.text()
+    );
+    let mut server = Server::spawn(Fake::new("1", "30")).await;
+    server.stop().await;
+    let got = namespaces::auto_lifecycle(&server.client(), Lifecycle::Legacy, quick).await;
+    assert_eq!(got, Lifecycle::Legacy, "unreachable API server");
+    assert!(
+        logs.text()
+            .contains("namespace opt-in, Pod Security and namespace policy checks stay on"),
+        "{}",
+        logs.text()
+    );
+}
+
 #[tokio::test]
 async fn namespace_watch_drives_admission_and_survives_the_api_going_away() {
     let logs = logs();

@@ -87,6 +87,9 @@ pub struct Node {
     /// A directory made here on a server that cannot store directory markers: it exists only in
     /// this table until a file is written below it.
     pub local_dir: bool,
+    /// The object version (ETag) whose bytes the kernel's page cache may hold for this inode:
+    /// set by a read-only open, cleared by an open for writing. See [`crate::fs::Fs::keep_page_cache`].
+    pub kernel_etag: Option<String>,
 }
 
 impl Node {
@@ -138,6 +141,7 @@ impl InodeTable {
             lookups: 1,
             staging: None,
             local_dir: false,
+            kernel_etag: None,
         };
         InodeTable {
             nodes: HashMap::from([(Ino::ROOT, root)]),
@@ -191,6 +195,7 @@ impl InodeTable {
             lookups: 0,
             staging: None,
             local_dir: false,
+            kernel_etag: None,
         };
         self.nodes.insert(ino, node);
         self.by_path.insert(path.to_string(), ino);
