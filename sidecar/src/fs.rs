@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::BlockCache;
 use crate::fs::error::{FsError, FsResult};
@@ -1092,18 +1092,60 @@ impl<S: ObjectStore> Fs<S> {
         let result = if write { self.upload(ino).await } else { Ok(()) };
         let remaining = staging.release();
         if remaining == 0 && !staging.is_dirty() {
-            let mut table = self.table();
-            if let Some(node) = table.get_mut(ino)
-                && node.staging.as_ref().is_some_and(|s| Arc::ptr_eq(s, &staging))
-            {
-                node.staging = None;
-                node.validated = Instant::now();
-            }
-            staging.remove();
+            self.drop_staging(ino, &staging);
         } else if staging.is_dirty() {
             warn!(staging = %staging.path().display(), "upload pending; staged data kept");
         }
         result
+    }
+
+    /// Forgets and deletes the staging file of `ino` once its data is in S3 and no handle uses it.
+    fn drop_staging(&self, ino: Ino, staging: &Arc<Staging>) {
+        let mut table = self.table();
+        if let Some(node) = table.get_mut(ino)
+            && node.staging.as_ref().is_some_and(|s| Arc::ptr_eq(s, staging))
+        {
+            node.staging = None;
+            node.validated = Instant::now();
+        }
+        staging.remove();
+    }
+
+    /// Tries again the uploads that failed at close: closed files whose staged data is not in S3
+    /// yet. Run every few seconds by the sidecar (and once more at shutdown by
+    /// [`Fs::flush_all`]), so a transient S3 outage does not leave acknowledged-as-failed data
+    /// waiting for the pod to stop. Files still open are left to their own flush and close.
+    /// Returns how many uploads succeeded and how many failed again.
+    pub async fn retry_failed_uploads(&self) -> (usize, usize) {
+        let closed_dirty: Vec<(Ino, Arc<Staging>)> = {
+            let table = self.table();
+            table
+                .staged()
+                .into_iter()
+                .filter_map(|ino| {
+                    let staging = table.get(ino)?.staging.clone()?;
+                    (staging.is_dirty() && staging.open_handles() == 0).then_some((ino, staging))
+                })
+                .collect()
+        };
+        let (mut uploaded, mut failed) = (0, 0);
+        for (ino, staging) in closed_dirty {
+            match self.upload(ino).await {
+                Ok(()) => {
+                    uploaded += 1;
+                    let path = self.table().get(ino).and_then(|n| n.path.clone());
+                    info!(path = ?path.unwrap_or_default(), "upload that had failed at close succeeded on retry");
+                    if staging.open_handles() == 0 && !staging.is_dirty() {
+                        self.drop_staging(ino, &staging);
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn!(error = %e, "upload retry failed; staged data kept, tried again later");
+                }
+            }
+        }
+        (uploaded, failed)
     }
 
     /// Uploads the staging file of `ino` when it is dirty.

@@ -101,10 +101,15 @@ fn init_logging(config: &MountConfig) {
 }
 
 /// One mount being served.
+/// How often uploads that failed at close are tried again while the sidecar runs.
+const UPLOAD_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Running {
     config: MountConfig,
     fs: Arc<Fs<S3Store>>,
     session: fuser::BackgroundSession,
+    /// Retries uploads that failed at close; stopped before the final flush.
+    retry: tokio::task::JoinHandle<()>,
     cache_dir: std::path::PathBuf,
     temporary: bool,
 }
@@ -234,10 +239,22 @@ async fn start(
     )
     .with_context(|| format!("cannot mount at {}", config.mountpoint.display()))?;
     info!(mountpoint = %config.mountpoint.display(), bucket = %config.bucket, "mounted");
+    let retry = tokio::spawn({
+        let fs = fs.clone();
+        async move {
+            let mut every = tokio::time::interval(UPLOAD_RETRY_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                fs.retry_failed_uploads().await;
+            }
+        }
+    });
     Ok(Running {
         config,
         fs,
         session,
+        retry,
         cache_dir,
         temporary,
     })
@@ -249,9 +266,11 @@ async fn stop(running: Running, deadline: tokio::time::Instant) -> usize {
         config,
         fs,
         session,
+        retry,
         cache_dir,
         temporary,
     } = running;
+    retry.abort();
     let (upload_failures, out_of_time) = flush_until(&fs, deadline, config.grace_period).await;
     // Every FUSE layer goes, including dead ones a killed predecessor left under ours. A busy
     // layer is detached lazily: the session goes on serving files still open (their close

@@ -75,6 +75,11 @@ pub struct RetryConfig {
     pub base_delay: Duration,
     /// Upper bound of one sleep.
     pub max_delay: Duration,
+    /// No new attempt starts this long after the first one began. With the client's read
+    /// timeout this bounds how long an app waits on an endpoint that stopped answering (each
+    /// attempt may wait that timeout): the app gets EIO instead of hanging, unkillable, in the
+    /// kernel for `max_attempts` timeouts.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryConfig {
@@ -83,7 +88,25 @@ impl Default for RetryConfig {
             max_attempts: 6,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
+            max_elapsed: Duration::from_secs(20),
         }
+    }
+}
+
+impl RetryConfig {
+    /// The longest sleep before the `retry`-th retry (1 for the first): `base_delay * 2^(retry-1)`,
+    /// at most `max_delay`.
+    pub fn backoff_cap(&self, retry: u32) -> Duration {
+        self.base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.max_delay)
+    }
+
+    /// The sleep before the `retry`-th retry: uniformly random in `0..=backoff_cap(retry)` ("full
+    /// jitter"), so that clients throttled together do not come back together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let cap = self.backoff_cap(retry).as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(rand::random_range(0..=cap))
     }
 }
 
@@ -498,17 +521,23 @@ impl S3Store {
         let url = self.url(&req);
         let retry = &self.cfg.retry;
         let mut last = Transient::Transport(String::new());
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0;
         for attempt in 0..retry.max_attempts {
             if attempt > 0 {
-                let cap = retry
-                    .base_delay
-                    .saturating_mul(1u32 << (attempt - 1).min(20))
-                    .min(retry.max_delay);
-                let sleep = Duration::from_nanos(rand::random_range(
-                    0..=cap.as_nanos().min(u64::MAX as u128) as u64,
-                ));
+                let sleep = retry.backoff(attempt);
+                if started.elapsed() + sleep >= retry.max_elapsed {
+                    tracing::debug!(
+                        request = req.op.name(),
+                        key = req.key,
+                        attempt,
+                        "retry time used up"
+                    );
+                    break;
+                }
                 tokio::time::sleep(sleep).await;
             }
+            attempts += 1;
             match self.attempt(&req, &url).await {
                 Ok(resp) => return Ok(resp),
                 Err(t) => {
@@ -521,7 +550,6 @@ impl S3Store {
                 }
             }
         }
-        let attempts = retry.max_attempts;
         let err = match last {
             Transient::Status(status, message) => StoreError::Unavailable {
                 attempts,

@@ -334,6 +334,53 @@ async fn a_failed_upload_is_eio_and_keeps_the_staged_data() {
     assert_eq!(std::fs::read_dir(&s.fs.config().staging_dir).unwrap().count(), 0);
 }
 
+/// An upload that failed at close is tried again in the background (the sidecar runs
+/// `retry_failed_uploads` every few seconds), not only at shutdown; files still open are left
+/// to their own close.
+#[tokio::test]
+async fn an_upload_that_failed_at_close_is_retried_while_running() {
+    let s = setup();
+    let (_, fh) = s.fs.create(Ino::ROOT, n("precious")).await.unwrap();
+    s.fs.write(fh, 0, b"do not lose me").await.unwrap();
+    let (_, open) = s.fs.create(Ino::ROOT, n("still-open")).await.unwrap();
+    s.fs.write(open, 0, b"half").await.unwrap();
+    s.store.fail_next(Op::Put, 2);
+    assert_eq!(
+        errno(s.fs.release(fh).await),
+        libc::EIO,
+        "close reports the failure"
+    );
+    assert_eq!(s.store.object("precious"), None);
+
+    s.store.fail_next(Op::Put, 1);
+    assert_eq!(
+        s.fs.retry_failed_uploads().await,
+        (0, 1),
+        "S3 still failing: kept for later"
+    );
+    assert_eq!(s.store.object("precious"), None);
+    assert_eq!(s.fs.pending_uploads(), vec!["precious", "still-open"]);
+
+    assert_eq!(s.fs.retry_failed_uploads().await, (1, 0), "S3 back: uploaded");
+    assert_eq!(
+        s.store.object("precious").as_deref(),
+        Some(&b"do not lose me"[..])
+    );
+    assert_eq!(
+        s.store.object("still-open"),
+        None,
+        "an open file waits for its close"
+    );
+    assert_eq!(s.fs.pending_uploads(), vec!["still-open"]);
+    assert_eq!(
+        std::fs::read_dir(&s.fs.config().staging_dir).unwrap().count(),
+        1,
+        "the retried file's staging is gone, the open one's kept"
+    );
+    s.fs.release(open).await.unwrap();
+    assert_eq!(s.store.object("still-open").as_deref(), Some(&b"half"[..]));
+}
+
 #[tokio::test]
 async fn a_failed_multipart_upload_is_aborted_and_the_data_kept() {
     let s = setup();

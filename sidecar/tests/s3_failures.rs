@@ -78,6 +78,7 @@ fn store(endpoint: &str, attempts: u32) -> S3Store {
         max_attempts: attempts,
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(5),
+        ..RetryConfig::default()
     };
     cfg.use_env_proxy = false;
     S3Store::new(cfg).unwrap()
@@ -197,4 +198,69 @@ async fn http_statuses_map_to_their_store_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidResponse { .. }), "{err:?}");
+}
+
+#[test]
+fn retry_sleeps_are_random_below_a_doubling_cap() {
+    let retry = RetryConfig {
+        max_attempts: 10,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        ..RetryConfig::default()
+    };
+    let caps: Vec<u128> = (1..=6).map(|n| retry.backoff_cap(n).as_millis()).collect();
+    assert_eq!(caps, [100, 200, 400, 800, 1000, 1000], "doubling, then capped");
+    let cap = retry.backoff_cap(3);
+    let sleeps: Vec<Duration> = (0..2000).map(|_| retry.backoff(3)).collect();
+    assert!(sleeps.iter().all(|s| *s <= cap), "never above the cap");
+    let distinct: std::collections::BTreeSet<_> = sleeps.iter().collect();
+    assert!(
+        distinct.len() > 1000,
+        "jittered: {} distinct sleeps of 2000",
+        distinct.len()
+    );
+    let (min, max) = (sleeps.iter().min().unwrap(), sleeps.iter().max().unwrap());
+    assert!(
+        *min < cap / 10 && *max > cap * 9 / 10,
+        "spread over the whole range: {min:?}..{max:?}"
+    );
+}
+
+/// An endpoint that accepts connections and never answers: the caller gets an error within the
+/// retry time limit (plus one read timeout), not after `max_attempts` read timeouts.
+#[tokio::test]
+async fn an_endpoint_that_stops_answering_fails_within_the_retry_time_limit() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            keep.lock().unwrap().push(conn); // read nothing, answer nothing
+        }
+    });
+    let mut cfg = S3Config::new("bkt", "us-east-1");
+    cfg.endpoint = Some(endpoint);
+    cfg.path_style = true;
+    cfg.credentials = Some(Credentials::new("AK", "SK", None, None, "test"));
+    cfg.read_timeout = Duration::from_millis(300);
+    cfg.retry = RetryConfig {
+        max_attempts: 100,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        max_elapsed: Duration::from_secs(1),
+    };
+    cfg.use_env_proxy = false;
+    let store = S3Store::new(cfg).unwrap();
+    let started = std::time::Instant::now();
+    let err = store.head("k").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "gave up after {took:?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "retried until the limit: {took:?}"
+    );
+    assert!(matches!(err, StoreError::Transport { .. }), "{err}");
+    let attempts = held.lock().unwrap().len();
+    assert!((2..100).contains(&attempts), "{attempts} connections");
 }

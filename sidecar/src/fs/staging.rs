@@ -164,6 +164,11 @@ impl Staging {
         self.handles.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// How many open handles use it.
+    pub fn open_handles(&self) -> usize {
+        self.handles.load(Ordering::SeqCst)
+    }
+
     /// One handle fewer; returns how many remain.
     pub fn release(&self) -> usize {
         self.handles.fetch_sub(1, Ordering::SeqCst).saturating_sub(1)

@@ -214,6 +214,7 @@ impl S3Server {
             max_attempts: 3,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(100),
+            ..RetryConfig::default()
         };
         cfg.use_env_proxy = false;
         cfg
