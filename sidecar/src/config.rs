@@ -48,6 +48,9 @@ pub const MAX_READ_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 pub const MAX_READ_CONCURRENCY: usize = 64;
 /// Smallest accepted block-cache bound.
 pub const MIN_CACHE_SIZE: u64 = 1024 * 1024;
+/// Largest `--cache-size` (1 PiB): anything larger is a typo (and would not fit in a u64 of bytes
+/// for long: the size parser saturates instead of failing).
+pub const MAX_CACHE_SIZE: u64 = 1 << 50;
 /// Longest S3 key, and so the longest accepted prefix.
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -462,7 +465,14 @@ fn validate_mount(args: MountArgs) -> Result<MountConfig, ConfigError> {
         other => other.map(PathBuf::from),
     };
     let cache_size = match args.cache_size.parse::<bytesize::ByteSize>() {
-        Ok(size) if size.as_u64() >= MIN_CACHE_SIZE => size.as_u64(),
+        Ok(size) if (MIN_CACHE_SIZE..=MAX_CACHE_SIZE).contains(&size.as_u64()) => size.as_u64(),
+        Ok(size) if size.as_u64() > MAX_CACHE_SIZE => {
+            errors.push(format!(
+                "--cache-size {:?}: must be at most 1PiB",
+                args.cache_size
+            ));
+            0
+        }
         Ok(_) => {
             errors.push(format!(
                 "--cache-size {:?}: must be at least 1MiB",
@@ -841,6 +851,37 @@ mod tests {
             "--read-memory=8MiB",
         ]);
         assert!(errors[0].contains("no read-ahead part would fit"), "{errors:?}");
+    }
+
+    #[test]
+    fn cache_sizes_outside_1mib_to_1pib_are_refused() {
+        for (value, why) in [
+            ("1KiB", "at least 1MiB"),
+            ("2PiB", "at most 1PiB"),
+            ("99999999999999999999GiB", "at most 1PiB"),
+        ] {
+            let errors = invalid(&[
+                "s3mount-sidecar",
+                "--bucket=demo",
+                "--mountpoint=/m",
+                &format!("--cache-size={value}"),
+            ]);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("--cache-size") && e.contains(why)),
+                "{value}: {errors:?}"
+            );
+        }
+        let Ok(Command::Mount(config)) = parse_from([
+            "s3mount-sidecar",
+            "--bucket=demo",
+            "--mountpoint=/m",
+            "--cache-size=1PiB",
+        ]) else {
+            panic!("1PiB is accepted");
+        };
+        assert_eq!(config.cache_size, 1 << 50);
     }
 
     #[test]

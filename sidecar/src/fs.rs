@@ -37,7 +37,7 @@ use crate::cache::BlockCache;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::inode::{Fh, Ino, InodeTable, Kind, Stat};
 use crate::fs::names::{
-    LINK_SUFFIX, check_key, check_name, dir_key, file_key, join, link_key, unusable_segment,
+    LINK_SUFFIX, check_key, check_name, check_new_name, dir_key, file_key, join, link_key, unusable_segment,
 };
 use crate::fs::staging::{Staging, Stream};
 use crate::reader::{ObjectReader, ReadConfig, ReadPath};
@@ -1254,7 +1254,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Creates and opens a new empty file (uploaded on flush or close).
     pub async fn create(&self, parent: Ino, name: &OsStr) -> FsResult<(Attr, Fh)> {
         self.ensure_writable()?;
-        let name = check_name(name)?;
+        let name = check_new_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         check_key(&file_key(&self.config.prefix, &path))?;
         if let Some(ino) = self.table().at(&path)
@@ -1351,7 +1351,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Makes a directory: a marker object `dir/`.
     pub async fn mkdir(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
         self.ensure_writable()?;
-        let name = check_name(name)?;
+        let name = check_new_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         let marker = dir_key(&self.config.prefix, &path);
         check_key(&marker)?;
@@ -1456,7 +1456,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::InvalidArgument(format!("rename flags {flags:#x}")));
         }
         let from = join(&self.dir_path(parent)?, check_name(name)?);
-        let to = join(&self.dir_path(new_parent)?, check_name(new_name)?);
+        let to = join(&self.dir_path(new_parent)?, check_new_name(new_name)?);
         check_key(&dir_key(&self.config.prefix, &to))?;
         let src = self.lookup_uncounted(&from).await?;
         if from == to {
@@ -1545,7 +1545,7 @@ impl<S: ObjectStore> Fs<S> {
     /// Makes a symbolic link `name` in `parent` pointing at `target` (stored as `name.rclonelink`).
     pub async fn symlink(&self, parent: Ino, name: &OsStr, target: &std::path::Path) -> FsResult<Attr> {
         self.ensure_writable()?;
-        let name = check_name(name)?;
+        let name = check_new_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         let key = link_key(&self.config.prefix, &path);
         check_key(&key)?;

@@ -974,6 +974,37 @@ async fn rename_of_a_file_still_open_for_writing_moves_its_current_data() {
     }
 }
 
+/// A name ending in `.rclonelink` would list as a link under another name: creating one, as a
+/// file, directory, link or rename target, is EINVAL; nothing reaches S3.
+#[tokio::test]
+async fn names_ending_in_the_link_suffix_cannot_be_created() {
+    let s = setup();
+    assert_eq!(
+        errno(s.fs.create(Ino::ROOT, n("note.rclonelink")).await),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(s.fs.mkdir(Ino::ROOT, n("d.rclonelink")).await),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(
+            s.fs.symlink(Ino::ROOT, n("l.rclonelink"), std::path::Path::new("t"))
+                .await
+        ),
+        libc::EINVAL
+    );
+    write_file(&s.fs, Ino::ROOT, "plain", b"x").await;
+    assert_eq!(
+        errno(
+            s.fs.rename(Ino::ROOT, n("plain"), Ino::ROOT, n("plain.rclonelink"), 0)
+                .await
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(s.store.keys(), vec!["plain"]);
+}
+
 #[tokio::test]
 async fn symbolic_links_are_stored_as_rclonelink_objects() {
     let s = setup();

@@ -413,7 +413,7 @@ const CONTAINERS_FORM: &str = "a comma-separated list of container names such as
 const ID_FORM: &str = "a number from 0 to 2147483647";
 const MODE_FORM: &str = "octal permission bits such as \"0644\" or \"755\"";
 const DURATION_FORM: &str = "a duration up to 24h such as \"0\", \"500ms\", \"1s\" or \"5m\"";
-const SIZE_FORM: &str = "a size of at least 1MiB such as \"512MiB\" or \"2GiB\"";
+const SIZE_FORM: &str = "a size from 1MiB to 1PiB such as \"512MiB\" or \"2GiB\"";
 const QUANTITY_FORM: &str = "a Kubernetes quantity such as \"100m\", \"1\", \"256Mi\" or \"1Gi\"";
 const LOG_LEVEL_FORM: &str = "a tracing filter such as \"info\", \"debug\" or \"s3mount=debug,info\"";
 
@@ -547,7 +547,11 @@ fn parse_size(s: &str) -> Option<u64> {
         return None;
     }
     let size: bytesize::ByteSize = s.parse().ok()?;
-    (size.as_u64() >= 1024 * 1024).then_some(size.as_u64())
+    // At most 1 PiB: the parser saturates far larger values at u64::MAX instead of failing, and
+    // the sidecar refuses more than that.
+    (1024 * 1024..=1 << 50)
+        .contains(&size.as_u64())
+        .then_some(size.as_u64())
 }
 
 fn valid_log_level(s: &str) -> bool {
@@ -837,6 +841,8 @@ mod tests {
             ("s3.mount/metadata-ttl", "soon"),
             ("s3.mount/cache-size", "1KiB"),
             ("s3.mount/cache-size", "512 MiB"),
+            ("s3.mount/cache-size", "2PiB"),
+            ("s3.mount/cache-size", "99999999999999999999GiB"),
             ("s3.mount/cache-medium", "ssd"),
             ("s3.mount/sidecar-cpu-limit", "lots"),
             ("s3.mount/log-level", "info;rm"),

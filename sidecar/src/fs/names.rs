@@ -13,6 +13,19 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest S3 key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// Checks a name this mount is asked to create (a file, directory or link, or a rename's new
+/// name): a valid name that does not end in [`LINK_SUFFIX`], because such a key would list as the
+/// symbolic link of the name without the suffix, not under the name it was created with.
+pub fn check_new_name(name: &OsStr) -> FsResult<&str> {
+    let name = check_name(name)?;
+    if name.ends_with(LINK_SUFFIX) {
+        return Err(FsError::InvalidName(format!(
+            "{name:?}: names ending in {LINK_SUFFIX} are reserved for symbolic links"
+        )));
+    }
+    Ok(name)
+}
+
 /// Checks a name handed in by the kernel for a new or looked-up entry.
 pub fn check_name(name: &OsStr) -> FsResult<&str> {
     let Some(name) = name.to_str() else {
