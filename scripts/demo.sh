@@ -11,9 +11,20 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-bin=${S3MOUNT_BIN_DIR:-$top/target/debug}
+# The binaries of `cargo build --workspace --bins`: S3MOUNT_BIN_DIR, else cargo's target directory.
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$top/$target ;; esac
+bin=${S3MOUNT_BIN_DIR:-$target/debug}
 py=$top/.venv/bin/python
 podrun=$bin/s3mount-podrun
+for b in s3mount-webhook s3mount-sidecar s3mount-certs s3mount-podrun; do
+  [ -x "$bin/$b" ] || {
+    echo "DEMO FAILED: $bin/$b is missing: build with cargo build --workspace --bins, or point" \
+      "S3MOUNT_BIN_DIR at the directory holding the four binaries" >&2
+    exit 1
+  }
+done
+[ -x "$py" ] || { echo "DEMO FAILED: .venv is missing: run bash scripts/setup.sh --demo" >&2; exit 1; }
 work=$(mktemp -d /tmp/s3mount-demo.XXXXXX)
 export AWS_ACCESS_KEY_ID=demo-access-key
 export AWS_SECRET_ACCESS_KEY=demo-secret-key-$$-$RANDOM
@@ -47,11 +58,6 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     sleep 0.2
   done
 }
-
-for b in s3mount-webhook s3mount-sidecar s3mount-certs s3mount-podrun; do
-  [ -x "$bin/$b" ] || fail "$bin/$b is missing: run cargo build --workspace --bins"
-done
-[ -x "$py" ] || fail ".venv is missing: run bash scripts/setup.sh --demo"
 
 pod_src=deploy/examples/pod.yaml
 "$podrun" review --pod "$pod_src" >/dev/null # validates the manifest parses
