@@ -192,8 +192,25 @@ async fn start(
             (config.cache_size / count as u64).max(u64::from(DEFAULT_BLOCK_SIZE) * 4),
         )
     } else {
-        (base_dir, config.cache_size)
+        (base_dir.clone(), config.cache_size)
     };
+    let started = start_at(config, cache_dir.clone(), cache_size, temporary, health).await;
+    if started.is_err() && temporary {
+        // A cache directory this process made for itself goes with a failed start; the parent
+        // shared by several mounts goes once empty.
+        let _ = std::fs::remove_dir_all(&cache_dir);
+        let _ = std::fs::remove_dir(&base_dir);
+    }
+    started
+}
+
+async fn start_at(
+    config: MountConfig,
+    cache_dir: std::path::PathBuf,
+    cache_size: u64,
+    temporary: bool,
+    health: &Arc<Health>,
+) -> anyhow::Result<Running> {
     let store = Arc::new(S3Store::new(s3_config(&config)?).context("cannot set up the S3 client")?);
     let fs_config = FsConfig {
         prefix: config.prefix.clone(),
