@@ -362,6 +362,38 @@ fn memory_cache_gets_a_memory_volume_with_size_limit_and_fitting_resources() {
     assert!(s["args"].as_array().unwrap().contains(&json!("--anonymous")));
 }
 
+/// Ephemeral containers (debug containers) are never touched: no mount, no env, byte for byte
+/// as they came, and naming one in `s3.mount/containers` is the unknown-container error.
+#[test]
+fn ephemeral_containers_are_left_untouched() {
+    let body = fixture("deployment-generatename.json");
+    let mut pod = body["request"]["object"].clone();
+    let app = pod["spec"]["containers"][0]["name"].clone();
+    pod["spec"]["ephemeralContainers"] = json!([
+        {"name": "debugger", "image": "busybox:1.36", "targetContainerName": app,
+         "stdin": true, "tty": true},
+        {"name": "debugger-2", "image": "busybox:1.36",
+         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    ]);
+    let body = with_object(&body, pod.clone());
+    for lifecycle in [Lifecycle::Native, Lifecycle::Legacy] {
+        let answer = run(&body, lifecycle);
+        assert_eq!(answer.outcome, Outcome::Patched, "{}", answer.reason);
+        let after = apply(&body, &answer);
+        assert_eq!(
+            after["spec"]["ephemeralContainers"],
+            pod["spec"]["ephemeralContainers"]
+        );
+        assert!(preserved(&pod, &after));
+        let again = run(&with_object(&body, after), lifecycle);
+        assert_eq!(again.outcome, Outcome::Skipped, "second pass");
+    }
+    pod["metadata"]["annotations"]["s3.mount/containers"] = json!("debugger");
+    let answer = run(&with_object(&body, pod), Lifecycle::Native);
+    assert_eq!(answer.outcome, Outcome::Denied);
+    assert!(answer.reason.contains("debugger"), "{}", answer.reason);
+}
+
 #[test]
 fn pod_without_volumes_gets_the_lists_created() {
     let body = fixture("no-volumes.json");
