@@ -275,3 +275,63 @@ async fn copy_above_the_threshold_uses_multipart_upload_part_copy() {
         "{counts:?}"
     );
 }
+
+/// A rename through the filesystem of a file above the single-copy limit goes by multipart
+/// UploadPartCopy, then deletes the old key; the new key has the exact bytes (the threshold is
+/// lowered from S3's 5 GiB so that the test stays small).
+#[tokio::test]
+async fn rename_through_the_filesystem_above_the_copy_limit_uses_multipart_copy() {
+    use std::ffi::OsStr;
+    use std::sync::Arc;
+
+    use s3mount_sidecar::fs::inode::Ino;
+    use s3mount_sidecar::fs::{Fs, FsConfig};
+
+    let server = S3Server::start(ServerKind::Moto);
+    let mut cfg = server.config();
+    cfg.multipart_copy_threshold = 6 * 1024 * 1024;
+    cfg.multipart_copy_part_size = 5 * 1024 * 1024;
+    let store = Arc::new(S3Store::new(cfg).unwrap());
+    let body = data(12 * 1024 * 1024 + 5, 3);
+    store
+        .put("models/v1.bin", Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            prefix: String::new(),
+            read_only: false,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: std::time::Duration::from_secs(60),
+            staging_dir: dir.path().join("staging"),
+            part_size: 8 * 1024 * 1024,
+        },
+    )
+    .unwrap();
+    let models = fs.lookup(Ino::ROOT, OsStr::new("models")).await.unwrap();
+    fs.lookup(models.ino, OsStr::new("v1.bin")).await.unwrap();
+    let before = store.request_counts();
+    fs.rename(
+        models.ino,
+        OsStr::new("v1.bin"),
+        models.ino,
+        OsStr::new("v2 final.bin"),
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.get_direct("models/v2 final.bin"), Some(body));
+    assert_eq!(server.get_direct("models/v1.bin"), None, "the old key is deleted");
+    let after = store.request_counts();
+    let delta = |op: &str| after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0);
+    assert_eq!(delta("COPY"), 0, "no single CopyObject above the limit");
+    assert_eq!(
+        (delta("MPU_CREATE"), delta("MPU_PART"), delta("MPU_COMPLETE")),
+        (1, 3, 1)
+    );
+}
