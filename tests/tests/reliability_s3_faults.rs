@@ -373,3 +373,63 @@ fn failed_multipart_uploads_are_eio_at_close_and_go_out_at_sigterm() {
         ),
     );
 }
+
+/// A CopyObject answered `200 OK` with an `<Error>` document (S3 does this when a copy fails after
+/// it started) fails the rename with EIO, names the request in the log, and loses nothing: the
+/// source is not deleted and reads back exactly; once S3 recovers the same rename succeeds.
+#[test]
+fn a_copy_answered_200_with_an_error_document_fails_the_rename_and_keeps_the_source() {
+    require_mount();
+    let _dog = Watchdog::new("copy_error_200", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let sc = site.start(&proxy.endpoint(), &[]);
+    let data = pattern(12, 300 * 1024 + 9);
+    server.put_direct("orig.bin", &data);
+
+    proxy.set(vec![rule(
+        S3Op::Copy,
+        1,
+        0,
+        Fault::ErrorDocument200,
+        Some("moved.bin"),
+    )]);
+    let err = std::fs::rename(sc.path("orig.bin"), sc.path("moved.bin")).expect_err("rename must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}\n{}", sc.log());
+    assert!(proxy.injected() >= 1, "the fault was injected");
+    assert_bytes(
+        "orig.bin (direct)",
+        &server.get_direct("orig.bin").expect("source kept"),
+        &data,
+    );
+    assert_bytes(
+        "orig.bin (through the mount)",
+        &std::fs::read(sc.path("orig.bin")).expect("source readable"),
+        &data,
+    );
+    let log = sc.log();
+    assert!(
+        log.lines().any(|l| l.contains("COPY") && l.contains("moved.bin")),
+        "{log}"
+    );
+
+    proxy.clear();
+    std::fs::rename(sc.path("orig.bin"), sc.path("moved.bin")).expect("rename after recovery");
+    assert_bytes(
+        "moved.bin",
+        &server.get_direct("moved.bin").expect("moved"),
+        &data,
+    );
+    assert_eq!(
+        server.get_direct("orig.bin"),
+        None,
+        "the source is gone after the rename"
+    );
+    support::summary(
+        "copy_error_200",
+        proxy.injected(),
+        2 * data.len() as u64,
+        "kinds=copy-200-error rename=eio-then-ok",
+    );
+}
