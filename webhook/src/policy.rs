@@ -119,6 +119,7 @@ impl NamespacePolicy {
 pub struct Decision {
     /// Rules broken; any entry denies the pod.
     pub violations: Vec<String>,
+    /// Findings that do not deny the pod; they go back as AdmissionResponse warnings.
     pub warnings: Vec<String>,
 }
 
@@ -150,6 +151,18 @@ pub fn check(
             "namespace {name:?} enforces Pod Security {level:?} ({POD_SECURITY_ENFORCE}), which never admits the \
              privileged s3mount sidecar; the namespace needs the \"privileged\" level"
         ));
+    }
+    // `warn` and `audit` do not refuse the pod, but every admission of it is then reported.
+    for mode in ["warn", "audit"] {
+        let label = format!("pod-security.kubernetes.io/{mode}");
+        if let Some(level) = ns.labels.get(&label)
+            && level != "privileged"
+        {
+            d.warnings.push(format!(
+                "namespace {name:?} has Pod Security {mode} level {level:?} ({label}): the privileged s3mount \
+                 sidecar is admitted but reported every time"
+            ));
+        }
     }
     let policy = match NamespacePolicy::from_annotations(&ns.annotations) {
         Ok(p) => p,
@@ -264,6 +277,37 @@ mod tests {
             None,
         );
         assert!(d.violations.is_empty());
+    }
+
+    #[test]
+    fn pod_security_warn_or_audit_below_privileged_is_a_warning_not_a_denial() {
+        let d = check(
+            "t",
+            Some(&ns(
+                &[
+                    OPT_IN,
+                    ("pod-security.kubernetes.io/warn", "restricted"),
+                    ("pod-security.kubernetes.io/audit", "baseline"),
+                ],
+                &[],
+            )),
+            OPT_IN,
+            None,
+        );
+        assert!(d.violations.is_empty(), "{d:?}");
+        assert_eq!(d.warnings.len(), 2, "{d:?}");
+        assert!(d.warnings[0].contains("warn level \"restricted\""), "{d:?}");
+        assert!(d.warnings[1].contains("audit level \"baseline\""), "{d:?}");
+        let d = check(
+            "t",
+            Some(&ns(
+                &[OPT_IN, ("pod-security.kubernetes.io/warn", "privileged")],
+                &[],
+            )),
+            OPT_IN,
+            None,
+        );
+        assert!(d.warnings.is_empty(), "{d:?}");
     }
 
     #[test]
