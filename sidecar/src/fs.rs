@@ -75,6 +75,24 @@ pub struct FsConfig {
     pub part_size: usize,
 }
 
+impl FsConfig {
+    /// The sidecar's defaults (whole bucket, read-write, root-owned, 0644/0755, 1 s TTL, 8 MiB
+    /// parts), staging in `staging_dir`; change fields with struct update syntax.
+    pub fn new(staging_dir: PathBuf) -> FsConfig {
+        FsConfig {
+            prefix: String::new(),
+            read_only: false,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(1),
+            staging_dir,
+            part_size: DEFAULT_PART_SIZE,
+        }
+    }
+}
+
 /// Attributes of an inode, as the kernel is shown them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {

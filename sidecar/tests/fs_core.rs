@@ -21,15 +21,11 @@ struct Setup {
 
 fn config(dir: &tempfile::TempDir) -> FsConfig {
     FsConfig {
-        prefix: String::new(),
-        read_only: false,
         uid: 1000,
         gid: 1000,
-        file_mode: 0o644,
-        dir_mode: 0o755,
         metadata_ttl: Duration::from_secs(60),
-        staging_dir: dir.path().join("staging"),
         part_size: 1024,
+        ..FsConfig::new(dir.path().join("staging"))
     }
 }
 

@@ -100,15 +100,9 @@ impl Real {
     fn new(metadata_ttl: Duration) -> Real {
         let dir = tempfile::tempdir().unwrap();
         let cfg = FsConfig {
-            prefix: String::new(),
-            read_only: false,
-            uid: 0,
-            gid: 0,
-            file_mode: 0o644,
-            dir_mode: 0o755,
             metadata_ttl,
-            staging_dir: dir.path().join("staging"),
             part_size: 16,
+            ..FsConfig::new(dir.path().join("staging"))
         };
         let store = Arc::new(MemStore::with_page_size(2));
         Real {

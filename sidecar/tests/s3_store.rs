@@ -301,15 +301,8 @@ async fn rename_through_the_filesystem_above_the_copy_limit_uses_multipart_copy(
     let fs = Fs::new(
         store.clone(),
         FsConfig {
-            prefix: String::new(),
-            read_only: false,
-            uid: 0,
-            gid: 0,
-            file_mode: 0o644,
-            dir_mode: 0o755,
             metadata_ttl: std::time::Duration::from_secs(60),
-            staging_dir: dir.path().join("staging"),
-            part_size: 8 * 1024 * 1024,
+            ..FsConfig::new(dir.path().join("staging"))
         },
     )
     .unwrap();

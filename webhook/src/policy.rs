@@ -38,6 +38,22 @@ pub struct NamespaceInfo {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl NamespaceInfo {
+    /// From label and annotation pairs.
+    pub fn from_pairs(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> NamespaceInfo {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        NamespaceInfo {
+            labels: map(labels),
+            annotations: map(annotations),
+        }
+    }
+}
+
 impl From<&Namespace> for NamespaceInfo {
     fn from(ns: &Namespace) -> Self {
         NamespaceInfo {
@@ -219,15 +235,7 @@ mod tests {
     const OPT_IN: (&str, &str) = ("s3.mount/inject", "enabled");
 
     fn ns(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> NamespaceInfo {
-        let m = |p: &[(&str, &str)]| {
-            p.iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        NamespaceInfo {
-            labels: m(labels),
-            annotations: m(annotations),
-        }
+        NamespaceInfo::from_pairs(labels, annotations)
     }
 
     fn pod(pairs: &[(&str, &str)]) -> PodMounts {

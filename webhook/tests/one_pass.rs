@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
 use common::{FIXTURES, context, fixture, same_answer};
@@ -17,15 +15,7 @@ use s3mount_webhook::policy::{
 use s3mount_webhook::review::{NamespaceView, Outcome};
 
 fn namespace(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> NamespaceInfo {
-    let m = |p: &[(&str, &str)]| -> BTreeMap<String, String> {
-        p.iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    };
-    NamespaceInfo {
-        labels: m(labels),
-        annotations: m(annotations),
-    }
+    NamespaceInfo::from_pairs(labels, annotations)
 }
 
 /// Namespaces that allow, refuse for each rule, and refuse for a malformed rule.
