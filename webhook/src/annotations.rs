@@ -401,7 +401,8 @@ fn parse_settings(
 }
 
 const BUCKET_FORM: &str = "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', starting and ending \
-                           with a letter or digit";
+                           with a letter or digit, not an IP address, not starting with \"xn--\" or \"sthree-\" \
+                           and not ending with \"-s3alias\" or \"--ol-s3\"";
 const PREFIX_FORM: &str = "a key prefix such as \"data/2024/\" (no leading '/', no empty, '.' or '..' parts, \
                            no control characters, no \"$(\", at most 1023 bytes)";
 const PATH_FORM: &str =
@@ -484,6 +485,10 @@ fn valid_bucket(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
         && !s.contains("..")
+        // S3's further rules: not an IP address, none of the reserved prefixes and suffixes.
+        && s.parse::<std::net::Ipv4Addr>().is_err()
+        && !["xn--", "sthree-", "amzn-s3-demo-"].iter().any(|p| s.starts_with(p))
+        && !["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"].iter().any(|x| s.ends_with(x))
 }
 
 /// The sidecar's own rule (sidecar/src/config.rs `normalize_prefix`): what passes here, the sidecar
@@ -823,6 +828,10 @@ mod tests {
     fn values_are_validated() {
         let bad: &[(&str, &str)] = &[
             ("s3.mount/bucket", "ab"),
+            ("s3.mount/bucket", "192.168.1.1"),
+            ("s3.mount/bucket", "xn--abc"),
+            ("s3.mount/bucket", "abc-s3alias"),
+            ("s3.mount/bucket", "data--ol-s3"),
             ("s3.mount/bucket", "a..b"),
             ("s3.mount/path", "/"),
             ("s3.mount/path", "/a/../b"),
