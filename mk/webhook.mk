@@ -16,6 +16,7 @@ webhook-load: ## 10,000 requests on 256 TLS connections, certificate rotation un
 	@bash webhook/scripts/load-attack.sh
 
 bench-webhook: ## load figures: webhook over TLS vs a bare axum+rustls endpoint (oha), RSS; writes webhook/BENCHMARK.md
+	@bash scripts/install-webhook-tools.sh --bench
 	@bash webhook/scripts/bench.sh $(WEBHOOK_BENCH_SECONDS)
 
 TEST_SUITES += webhook-schema fuzz-webhook webhook-load
