@@ -84,10 +84,13 @@ fn reads_after_transient_faults_return_exact_bytes_and_each_fault_costs_one_retr
             );
         } else {
             assert_eq!(hit, 2, "{fault:?} was injected twice");
-            assert_eq!(
-                gets,
-                clean_gets + 2,
-                "{fault:?}: each fault costs exactly one more GET"
+            // Each fault costs one more GET: two here. At most one more may come from the kernel:
+            // while the first GET is being retried, its read-ahead can ask for a later offset,
+            // which then gets a GET of its own instead of waiting for the stream (seen once in a
+            // CI run under load, with a short body). More than that would be a retry too many.
+            assert!(
+                (clean_gets + 2..=clean_gets + 3).contains(&gets),
+                "{fault:?}: each fault costs one more GET: {gets} GETs, clean read {clean_gets}"
             );
         }
         proxy.clear();
