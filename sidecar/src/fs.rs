@@ -764,7 +764,13 @@ impl<S: ObjectStore> Fs<S> {
             let node = table
                 .get(ino)
                 .ok_or_else(|| FsError::Stale(format!("inode {}", ino.0)))?;
-            (node.stat.etag.clone(), node.staging.clone())
+            let staged = node.staging.clone();
+            // Taken under the table lock, where `drop_staging` looks: a staging file is never
+            // deleted between being found here and being used by this handle.
+            if let Some(staging) = &staged {
+                staging.acquire();
+            }
+            (node.stat.etag.clone(), staged)
         };
         let mut size = attr.size;
         if etag.is_none() && staged.is_none() {
@@ -773,9 +779,6 @@ impl<S: ObjectStore> Fs<S> {
             (etag, size) = self.current_version(ino).await?;
         }
         if !(mode.write || mode.truncate) {
-            if let Some(staging) = &staged {
-                staging.acquire();
-            }
             let reader = match (&etag, &staged) {
                 (Some(etag), None) => {
                     let key = file_key(&self.config.prefix, &self.path_of(ino)?);
@@ -797,13 +800,17 @@ impl<S: ObjectStore> Fs<S> {
                 reader,
             }));
         }
-        let staging = match staged {
+        // The staging file this handle writes to: found under the lock above (its handle count
+        // taken there), or made here and inserted, with its count, under the lock below.
+        match staged {
             Some(staging) => {
                 if mode.truncate {
                     self.cancel_stream(&staging).await;
-                    staging.set_len(0)?;
+                    if let Err(e) = staging.set_len(0) {
+                        staging.release();
+                        return Err(e);
+                    }
                 }
-                staging
             }
             None => {
                 let staging = self.new_staging(ino)?;
@@ -838,16 +845,15 @@ impl<S: ObjectStore> Fs<S> {
                 match &node.staging {
                     Some(existing) => {
                         staging.remove();
-                        existing.clone()
+                        existing.acquire();
                     }
                     None => {
-                        node.staging = Some(staging.clone());
-                        staging
+                        staging.acquire();
+                        node.staging = Some(staging);
                     }
                 }
             }
-        };
-        staging.acquire();
+        }
         Ok(self.add_handle(Handle::File {
             ino,
             write: true,
@@ -1120,6 +1126,10 @@ impl<S: ObjectStore> Fs<S> {
     /// Forgets and deletes the staging file of `ino` once its data is in S3 and no handle uses it.
     fn drop_staging(&self, ino: Ino, staging: &Arc<Staging>) {
         let mut table = self.table();
+        // Handles are taken under this lock (`open`): checked here, none can appear meanwhile.
+        if staging.open_handles() > 0 || staging.is_dirty() {
+            return;
+        }
         if let Some(node) = table.get_mut(ino)
             && node.staging.as_ref().is_some_and(|s| Arc::ptr_eq(s, staging))
         {
@@ -1142,7 +1152,10 @@ impl<S: ObjectStore> Fs<S> {
                 .into_iter()
                 .filter_map(|ino| {
                     let staging = table.get(ino)?.staging.clone()?;
-                    (staging.is_dirty() && staging.open_handles() == 0).then_some((ino, staging))
+                    // Only files whose upload failed: a staging that is merely dirty may belong
+                    // to an open that has not taken its handle yet.
+                    let retry = staging.upload_failed() && staging.is_dirty() && staging.open_handles() == 0;
+                    retry.then_some((ino, staging))
                 })
                 .collect()
         };
@@ -1201,11 +1214,13 @@ impl<S: ObjectStore> Fs<S> {
                     node.validated = Instant::now();
                 }
                 table.clear_missing(&path);
+                staging.set_upload_failed(false);
                 debug!(key = %key, size = meta.size, "uploaded");
                 Ok(())
             }
             Err(e) => {
                 staging.mark_dirty();
+                staging.set_upload_failed(true);
                 Err(e)
             }
         }

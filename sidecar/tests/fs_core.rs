@@ -377,6 +377,41 @@ async fn an_upload_that_failed_at_close_is_retried_while_running() {
     assert_eq!(s.store.object("still-open").as_deref(), Some(&b"half"[..]));
 }
 
+/// The background retry takes only closed files whose upload failed: never a file being opened
+/// or written (a truncating open is dirty before its first write), and never a staging file a
+/// handle holds (it was once deleted under a truncating open, which then failed with ESTALE).
+#[tokio::test]
+async fn the_upload_retry_leaves_files_in_use_alone() {
+    let s = setup();
+    write_file(&s.fs, Ino::ROOT, "f", b"old").await;
+    let ino = s.fs.lookup(Ino::ROOT, n("f")).await.unwrap().ino;
+    let truncating = OpenMode {
+        write: true,
+        truncate: true,
+    };
+    let fh = s.fs.open(ino, truncating).await.unwrap();
+    assert_eq!(
+        s.fs.retry_failed_uploads().await,
+        (0, 0),
+        "dirty but not failed: left alone"
+    );
+    assert_eq!(s.store.object("f").as_deref(), Some(&b"old"[..]));
+    s.fs.write(fh, 0, b"new").await.unwrap();
+    s.store.fail_next(Op::Put, 1);
+    assert_eq!(errno(s.fs.release(fh).await), libc::EIO);
+    // Reopened before the retry runs: the handle holds the staging, the retry leaves it.
+    let fh = s.fs.open(ino, truncating).await.unwrap();
+    assert_eq!(
+        s.fs.retry_failed_uploads().await,
+        (0, 0),
+        "held by a handle: left alone"
+    );
+    s.fs.write(fh, 0, b"newest").await.unwrap();
+    s.fs.release(fh).await.unwrap();
+    assert_eq!(s.store.object("f").as_deref(), Some(&b"newest"[..]));
+    assert_eq!(std::fs::read_dir(&s.fs.config().staging_dir).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn a_failed_multipart_upload_is_aborted_and_the_data_kept() {
     let s = setup();

@@ -24,6 +24,8 @@ pub struct Staging {
     file: File,
     /// Written since the last successful upload.
     dirty: AtomicBool,
+    /// The last upload of it failed (and none has succeeded since).
+    upload_failed: AtomicBool,
     /// Open handles using it.
     handles: AtomicUsize,
     /// Serialises uploads of this file.
@@ -64,6 +66,7 @@ impl Staging {
             path,
             file,
             dirty: AtomicBool::new(false),
+            upload_failed: AtomicBool::new(false),
             handles: AtomicUsize::new(0),
             upload_lock: tokio::sync::Mutex::new(()),
             sequential: AtomicBool::new(false),
@@ -162,6 +165,16 @@ impl Staging {
     /// One more handle uses it.
     pub fn acquire(&self) {
         self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records how the last upload went.
+    pub fn set_upload_failed(&self, failed: bool) {
+        self.upload_failed.store(failed, Ordering::SeqCst);
+    }
+
+    /// Whether the last upload failed.
+    pub fn upload_failed(&self) -> bool {
+        self.upload_failed.load(Ordering::SeqCst)
     }
 
     /// How many open handles use it.
