@@ -1166,9 +1166,7 @@ impl<S: ObjectStore> Fs<S> {
                     uploaded += 1;
                     let path = self.table().get(ino).and_then(|n| n.path.clone());
                     info!(path = ?path.unwrap_or_default(), "upload that had failed at close succeeded on retry");
-                    if staging.open_handles() == 0 && !staging.is_dirty() {
-                        self.drop_staging(ino, &staging);
-                    }
+                    self.drop_staging(ino, &staging);
                 }
                 Err(e) => {
                     failed += 1;
@@ -1295,10 +1293,14 @@ impl<S: ObjectStore> Fs<S> {
         {
             return Err(FsError::IsADirectory(path));
         }
-        let ino = self.table().upsert(&path, Kind::File, Stat::empty());
-        if let Some(node) = self.table().get_mut(ino) {
-            node.kernel_etag = None;
-        }
+        let ino = {
+            let mut table = self.table();
+            let ino = table.upsert(&path, Kind::File, Stat::empty());
+            if let Some(node) = table.get_mut(ino) {
+                node.kernel_etag = None;
+            }
+            ino
+        };
         let staging = self.new_staging(ino)?;
         staging.mark_dirty();
         staging.allow_streaming();

@@ -100,10 +100,10 @@ fn init_logging(config: &MountConfig) {
     }
 }
 
-/// One mount being served.
 /// How often uploads that failed at close are tried again while the sidecar runs.
 const UPLOAD_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// One mount being served.
 struct Running {
     config: MountConfig,
     fs: Arc<Fs<S3Store>>,

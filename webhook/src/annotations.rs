@@ -547,14 +547,17 @@ fn valid_duration(s: &str) -> bool {
     s == "0" || humantime::parse_duration(s).is_ok_and(|d| d <= Duration::from_secs(24 * 3600))
 }
 
+/// The cache sizes the sidecar accepts (its `MIN_CACHE_SIZE` and `MAX_CACHE_SIZE`): at most
+/// 1 PiB, also because the size parser saturates far larger values at u64::MAX instead of failing.
+const MIN_CACHE_BYTES: u64 = 1 << 20;
+const MAX_CACHE_BYTES: u64 = 1 << 50;
+
 fn parse_size(s: &str) -> Option<u64> {
     if s.is_empty() || s.chars().any(char::is_whitespace) || !s.as_bytes()[0].is_ascii_digit() {
         return None;
     }
     let size: bytesize::ByteSize = s.parse().ok()?;
-    // At most 1 PiB: the parser saturates far larger values at u64::MAX instead of failing, and
-    // the sidecar refuses more than that.
-    (1024 * 1024..=1 << 50)
+    (MIN_CACHE_BYTES..=MAX_CACHE_BYTES)
         .contains(&size.as_u64())
         .then_some(size.as_u64())
 }

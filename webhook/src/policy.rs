@@ -13,6 +13,11 @@ use crate::inject::DEFAULT_CACHE_SIZE;
 
 /// Label that turns Pod Security admission's enforcement on for a namespace.
 pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+/// Pod Security labels that report a pod without refusing it, with their mode's name.
+const POD_SECURITY_REPORT: [(&str, &str); 2] = [
+    ("warn", "pod-security.kubernetes.io/warn"),
+    ("audit", "pod-security.kubernetes.io/audit"),
+];
 /// Namespace annotation: comma-separated glob patterns of buckets pods may mount.
 pub const ALLOWED_BUCKETS: &str = "s3.mount/allowed-buckets";
 /// Namespace annotation: `"true"` requires every mount to be read-only.
@@ -169,9 +174,8 @@ pub fn check(
         ));
     }
     // `warn` and `audit` do not refuse the pod, but every admission of it is then reported.
-    for mode in ["warn", "audit"] {
-        let label = format!("pod-security.kubernetes.io/{mode}");
-        if let Some(level) = ns.labels.get(&label)
+    for (mode, label) in POD_SECURITY_REPORT {
+        if let Some(level) = ns.labels.get(label)
             && level != "privileged"
         {
             d.warnings.push(format!(

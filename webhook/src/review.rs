@@ -369,58 +369,10 @@ impl Reviewed {
         v
     }
 
-    /// The answer as the bytes of `serde_json::to_vec(&self.to_json())`, written without copying
-    /// the base64 patch into a `Value` and escaping it again (base64 needs no escaping).
+    /// The answer as the HTTP body: [`Reviewed::to_json`] serialized.
     pub fn to_body(&self) -> Vec<u8> {
-        let mut review = self.review.clone();
-        let patch = review.response.as_mut().and_then(|r| r.patch.take());
-        let mut v = serde_json::to_value(&review).unwrap_or(Value::Null);
-        let response = v.get_mut("response").and_then(Value::as_object_mut);
-        let (Some(patch), Some(response)) = (patch, response) else {
-            return serde_json::to_vec(&self.to_json()).unwrap_or_default();
-        };
-        // A placeholder where to_json puts the patch, so that the keys keep to_json's order.
-        response.insert("patch".to_owned(), Value::Null);
-        let Some(top) = v.as_object() else {
-            return serde_json::to_vec(&self.to_json()).unwrap_or_default();
-        };
-        let encoded = patch.len().div_ceil(3) * 4;
-        let mut out = Vec::with_capacity(encoded + 512);
-        out.push(b'{');
-        for (i, (key, value)) in top.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            put(&mut out, key);
-            out.push(b':');
-            let Some(response) = value.as_object().filter(|_| key == "response") else {
-                put(&mut out, value);
-                continue;
-            };
-            out.push(b'{');
-            for (j, (key, value)) in response.iter().enumerate() {
-                if j > 0 {
-                    out.push(b',');
-                }
-                put(&mut out, key);
-                out.push(b':');
-                if key != "patch" {
-                    put(&mut out, value);
-                    continue;
-                }
-                out.push(b'"');
-                let start = out.len();
-                out.resize(start + encoded, 0);
-                let written = BASE64_STANDARD
-                    .encode_slice(&patch, &mut out[start..])
-                    .unwrap_or_default();
-                out.truncate(start + written);
-                out.push(b'"');
-            }
-            out.push(b'}');
-        }
-        out.push(b'}');
-        out
+        // Serializing a `Value` cannot fail (its keys are strings).
+        serde_json::to_vec(&self.to_json()).unwrap_or_default()
     }
 
     /// The JSON patch operations of the answer, if it has any.
@@ -428,12 +380,6 @@ impl Reviewed {
         let bytes = self.review.response.as_ref()?.patch.as_ref()?;
         serde_json::from_slice(bytes).ok()
     }
-}
-
-/// Appends `v` as JSON.
-fn put(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
-    // Writing JSON into a Vec cannot fail (and a Value or a string always serializes).
-    let _ = serde_json::to_writer(out, v);
 }
 
 /// The review without `request.object` and `request.oldObject`.
