@@ -41,8 +41,15 @@ fn wait_for(sc: &Sidecar, what: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
-fn drop_page_cache() {
-    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+/// Drops the kernel's cached pages of one file, so its next read goes through FUSE. Only that
+/// file: the tests of this binary run in parallel, and a global drop (`/proc/sys/vm/drop_caches`)
+/// once evicted pages another test had just read ahead, which the kernel then asked for again as
+/// a second, adjoining FUSE read (one GET more, and a sequential read-ahead, in a CI run).
+fn drop_page_cache(path: &std::path::Path) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let f = std::fs::File::open(path).unwrap();
+    posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+        .unwrap_or_else(|e| panic!("posix_fadvise DONTNEED on {}: {e}", path.display()));
 }
 
 #[test]
@@ -65,7 +72,7 @@ fn metrics_follow_s3_requests_cache_hits_and_staged_writes_by_mount() {
 
     let before = sc.health_get("/metrics").1;
     assert_eq!(m(&before, "s3mount_cache_served_bytes_total", &[]), 0.0);
-    drop_page_cache();
+    drop_page_cache(&sc.path("big.bin"));
     assert!(std::fs::read(sc.path("big.bin")).unwrap() == body, "first read");
     // The cache fills in the background; wait until it holds the whole file.
     let cold = wait_for(&sc, "cache fill", |t| {
@@ -95,7 +102,7 @@ fn metrics_follow_s3_requests_cache_hits_and_staged_writes_by_mount() {
     // FUSE requests are counted for the process, by operation.
     assert!(sample(&cold, "s3mount_fuse_requests_total", &[("op", "read")]).is_some_and(|v| v > 0.0));
 
-    drop_page_cache();
+    drop_page_cache(&sc.path("big.bin"));
     assert!(std::fs::read(sc.path("big.bin")).unwrap() == body, "second read");
     let warm = sc.health_get("/metrics").1;
     assert_eq!(get_ok(&warm), gets_cold, "the second read costs no GET:\n{warm}");
@@ -138,7 +145,7 @@ fn random_256_kib_reads_through_the_kernel_cost_one_get_each_and_no_more_bytes_t
     server.put_direct("big.bin", &body);
     let sc = Sidecar::start(&server, &[]);
     let f = std::fs::File::open(sc.path("big.bin")).unwrap();
-    drop_page_cache();
+    drop_page_cache(&sc.path("big.bin"));
     let before = sc.health_get("/metrics").1;
     let gets = |t: &str| {
         ["200", "206"]
