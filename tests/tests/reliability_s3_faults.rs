@@ -5,7 +5,8 @@
 //! - exhausted retries give EIO, the log names the failed request, and nothing is cached;
 //! - throttled lookups are EIO, never ENOENT, and are not remembered as "not found";
 //! - a failed upload is EIO at fsync and close, its data stays staged and goes out at the next
-//!   fsync or at SIGTERM; what was acknowledged is in S3 with exact bytes.
+//!   fsync, by itself once S3 recovers, or at SIGTERM; what was acknowledged is in S3 with exact
+//!   bytes.
 
 mod support;
 
@@ -278,6 +279,83 @@ fn a_failed_put_is_eio_at_fsync_and_close_and_goes_out_at_the_next_fsync() {
         proxy.injected(),
         2 * data.len() as u64,
         "eio_at=fsync,close uploaded_at=next-fsync",
+    );
+}
+
+/// A file closed with EIO (its upload failed) is not left waiting for another fsync, close or
+/// SIGTERM: the sidecar tries its upload again in the background (every 10 s) and, once S3
+/// answers, the object reaches S3 with exact bytes while nobody touches the file.
+#[test]
+fn a_failed_upload_goes_out_by_itself_once_s3_recovers() {
+    require_mount();
+    let _dog = Watchdog::new("background_retry", Duration::from_secs(120));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let sc = site.start(&proxy.endpoint(), &[]);
+    let data = pattern(12, 300 * 1024 + 5);
+
+    // Every PUT of this key fails until the proxy is cleared.
+    proxy.set(vec![rule(
+        S3Op::Put,
+        1,
+        0,
+        Fault::InternalError,
+        Some("later.bin"),
+    )]);
+    let mut f = File::create(sc.path("later.bin")).expect("create");
+    f.write_all(&data).expect("write");
+    assert_eq!(
+        errno_of(close_checked(f)),
+        Some(libc::EIO),
+        "close of an upload that fails\n{}",
+        sc.log()
+    );
+    assert!(server.get_direct("later.bin").is_none(), "nothing reached S3");
+    // While S3 still fails, a background round fails too and keeps the data.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while !sc.log().contains("upload retry failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background retry\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(server.get_direct("later.bin").is_none(), "still nothing in S3");
+
+    proxy.clear();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let stored = loop {
+        if let Some(body) = server.get_direct("later.bin") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staged upload did not go out after S3 recovered\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_bytes("later.bin in S3, uploaded in the background", &stored, &data);
+    assert!(
+        sc.log()
+            .contains("upload that had failed at close succeeded on retry"),
+        "{}",
+        sc.log()
+    );
+    assert_bytes(
+        "later.bin through the mount",
+        &read_all(&sc.path("later.bin")).expect("read"),
+        &data,
+    );
+    let (status, _, log) = sc.stop();
+    assert!(status.success(), "{log}");
+    support::summary(
+        "background_retry",
+        proxy.injected(),
+        2 * data.len() as u64,
+        "eio_at=close uploaded_at=background-retry",
     );
 }
 
