@@ -1,8 +1,10 @@
-//! Reference-model test: random operation sequences, including puts and deletes made directly on
-//! the bucket by "another client", applied to the filesystem core (on the in-memory store, TTL 0)
-//! and to a plain model of files and directories, compared after every step.
+//! Reference-model test (the model: `model/mod.rs`) applied to the filesystem core on the
+//! in-memory store, TTL 0, compared after every step. `mount_model` applies the same model to the
+//! kernel mount of the real binary over a real S3 server.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod model;
+
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,85 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use s3mount_sidecar::fs::inode::{Ino, Kind};
+use model::{DIRS, FILES, Got, Kind, Model, Step, step};
+use s3mount_sidecar::fs::inode::Ino;
 use s3mount_sidecar::fs::{Fs, FsConfig, OpenMode};
 use s3mount_sidecar::mem_store::MemStore;
 use s3mount_sidecar::store::ObjectStore;
-
-const DIRS: [&str; 2] = ["d1", "d2"];
-const FILES: [&str; 5] = ["f1", "f2", "d1/f3", "d1/f4", "d2/f5"];
-
-#[derive(Debug, Clone)]
-enum Step {
-    Write(usize, Vec<u8>),
-    Append(usize, Vec<u8>),
-    Truncate(usize, u64),
-    Unlink(usize),
-    Mkdir(usize),
-    Rmdir(usize),
-    Rename(usize, usize),
-    RemotePut(usize, Vec<u8>),
-    RemoteDelete(usize),
-    Read(usize),
-    List(Option<usize>),
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    let file = 0..FILES.len();
-    let dir = 0..DIRS.len();
-    let data = proptest::collection::vec(any::<u8>(), 0..40);
-    prop_oneof![
-        (file.clone(), data.clone()).prop_map(|(f, d)| Step::Write(f, d)),
-        (file.clone(), data.clone()).prop_map(|(f, d)| Step::Append(f, d)),
-        (file.clone(), 0..50u64).prop_map(|(f, n)| Step::Truncate(f, n)),
-        file.clone().prop_map(Step::Unlink),
-        dir.clone().prop_map(Step::Mkdir),
-        dir.clone().prop_map(Step::Rmdir),
-        (file.clone(), file.clone()).prop_map(|(a, b)| Step::Rename(a, b)),
-        (file.clone(), data).prop_map(|(f, d)| Step::RemotePut(f, d)),
-        file.clone().prop_map(Step::RemoteDelete),
-        file.prop_map(Step::Read),
-        proptest::option::of(dir).prop_map(Step::List),
-    ]
-}
-
-/// The model: file contents by path, and directories made with mkdir (markers).
-#[derive(Debug, Default)]
-struct Model {
-    files: BTreeMap<String, Vec<u8>>,
-    markers: BTreeSet<String>,
-}
-
-impl Model {
-    fn dir_exists(&self, dir: &str) -> bool {
-        dir.is_empty()
-            || self.markers.contains(dir)
-            || self.files.keys().any(|f| f.starts_with(&format!("{dir}/")))
-    }
-    fn parent_exists(&self, path: &str) -> bool {
-        self.dir_exists(path.rsplit_once('/').map_or("", |(p, _)| p))
-    }
-    fn entries(&self, dir: &str) -> BTreeSet<(String, Kind)> {
-        let prefix = if dir.is_empty() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
-        let mut out = BTreeSet::new();
-        for f in self.files.keys().filter_map(|f| f.strip_prefix(&prefix)) {
-            match f.split_once('/') {
-                Some((d, _)) => out.insert((d.to_string(), Kind::Dir)),
-                None => out.insert((f.to_string(), Kind::File)),
-            };
-        }
-        for m in self.markers.iter().filter_map(|m| m.strip_prefix(&prefix)) {
-            if !m.contains('/') {
-                out.insert((m.to_string(), Kind::Dir));
-            }
-        }
-        out
-    }
-}
 
 struct Real {
     fs: Fs<MemStore>,
@@ -186,105 +114,59 @@ impl Real {
 }
 
 async fn apply(model: &mut Model, real: &Real, step: &Step) {
-    match step {
-        Step::Write(f, data) | Step::Append(f, data) => {
-            let path = FILES[*f];
-            let append = matches!(step, Step::Append(..));
-            let got = real.write(path, data, append).await;
-            if model.parent_exists(path) {
-                assert_eq!(got, Ok(()), "{step:?}");
-                let entry = model.files.entry(path.to_string()).or_default();
-                if !append {
-                    entry.clear();
-                }
-                entry.extend_from_slice(data);
-            } else {
-                assert_eq!(got, Err(libc::ENOENT), "{step:?}");
-            }
-        }
-        Step::Truncate(f, size) => {
-            let path = FILES[*f];
-            let got = match real.file(path).await {
-                Ok(ino) => real
-                    .fs
-                    .setattr(
-                        ino,
-                        s3mount_sidecar::fs::SetAttr {
-                            size: Some(*size),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.errno()),
-                Err(e) => Err(e),
-            };
-            match model.files.get_mut(path) {
-                Some(data) => {
-                    assert_eq!(got, Ok(()), "{step:?}");
-                    data.resize(*size as usize, 0);
-                }
-                None => assert_eq!(got, Err(libc::ENOENT), "{step:?}"),
-            }
-        }
-        Step::Unlink(f) => {
-            let path = FILES[*f];
-            let got = match real.parent_and_name(path).await {
-                Ok((parent, name)) => real.fs.unlink(parent, name).await.map_err(|e| e.errno()),
-                Err(e) => Err(e),
-            };
-            let expected = if model.files.remove(path).is_some() {
-                Ok(())
-            } else {
-                Err(libc::ENOENT)
-            };
-            assert_eq!(got, expected, "{step:?}");
-        }
-        Step::Mkdir(d) => {
-            let dir = DIRS[*d];
-            let got = real
+    let got = match step {
+        Step::Write(f, data) | Step::Append(f, data) => real
+            .write(FILES[*f], data, matches!(step, Step::Append(..)))
+            .await
+            .map(|()| Got::Done),
+        Step::Truncate(f, size) => match real.file(FILES[*f]).await {
+            Ok(ino) => real
                 .fs
-                .mkdir(Ino::ROOT, OsStr::new(dir))
+                .setattr(
+                    ino,
+                    s3mount_sidecar::fs::SetAttr {
+                        size: Some(*size),
+                        ..Default::default()
+                    },
+                )
                 .await
-                .map(|_| ())
-                .map_err(|e| e.errno());
-            if model.dir_exists(dir) {
-                assert_eq!(got, Err(libc::EEXIST), "{step:?}");
-            } else {
-                assert_eq!(got, Ok(()), "{step:?}");
-                model.markers.insert(dir.to_string());
-            }
-        }
-        Step::Rmdir(d) => {
-            let dir = DIRS[*d];
-            let got = real
+                .map(|_| Got::Done)
+                .map_err(|e| e.errno()),
+            Err(e) => Err(e),
+        },
+        Step::Unlink(f) => match real.parent_and_name(FILES[*f]).await {
+            Ok((parent, name)) => real
                 .fs
-                .rmdir(Ino::ROOT, OsStr::new(dir))
+                .unlink(parent, name)
                 .await
-                .map_err(|e| e.errno());
-            if !model.dir_exists(dir) {
-                assert_eq!(got, Err(libc::ENOENT), "{step:?}");
-            } else if !model.entries(dir).is_empty() {
-                assert_eq!(got, Err(libc::ENOTEMPTY), "{step:?}");
-            } else {
-                assert_eq!(got, Ok(()), "{step:?}");
-                model.markers.remove(dir);
-            }
-        }
+                .map(|()| Got::Done)
+                .map_err(|e| e.errno()),
+            Err(e) => Err(e),
+        },
+        Step::Mkdir(d) => real
+            .fs
+            .mkdir(Ino::ROOT, OsStr::new(DIRS[*d]))
+            .await
+            .map(|_| Got::Done)
+            .map_err(|e| e.errno()),
+        Step::Rmdir(d) => real
+            .fs
+            .rmdir(Ino::ROOT, OsStr::new(DIRS[*d]))
+            .await
+            .map(|()| Got::Done)
+            .map_err(|e| e.errno()),
         Step::Rename(a, b) => {
-            let (from, to) = (FILES[*a], FILES[*b]);
-            let got = match (real.parent_and_name(from).await, real.parent_and_name(to).await) {
-                (Ok((p1, n1)), Ok((p2, n2))) => {
-                    real.fs.rename(p1, n1, p2, n2, 0).await.map_err(|e| e.errno())
-                }
+            match (
+                real.parent_and_name(FILES[*a]).await,
+                real.parent_and_name(FILES[*b]).await,
+            ) {
+                (Ok((p1, n1)), Ok((p2, n2))) => real
+                    .fs
+                    .rename(p1, n1, p2, n2, 0)
+                    .await
+                    .map(|()| Got::Done)
+                    .map_err(|e| e.errno()),
                 (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            if !model.files.contains_key(from) || !model.parent_exists(to) {
-                assert_eq!(got, Err(libc::ENOENT), "{step:?}");
-            } else {
-                assert_eq!(got, Ok(()), "{step:?}");
-                let data = model.files.remove(from).unwrap();
-                model.files.insert(to.to_string(), data);
             }
         }
         Step::RemotePut(f, data) => {
@@ -292,30 +174,16 @@ async fn apply(model: &mut Model, real: &Real, step: &Step) {
                 .put(FILES[*f], Bytes::copy_from_slice(data))
                 .await
                 .unwrap();
-            model.files.insert(FILES[*f].to_string(), data.clone());
+            Ok(Got::Done)
         }
         Step::RemoteDelete(f) => {
             real.store.remove(FILES[*f]);
-            model.files.remove(FILES[*f]);
+            Ok(Got::Done)
         }
-        Step::Read(f) => {
-            let path = FILES[*f];
-            let got = real.read(path).await;
-            match model.files.get(path) {
-                Some(data) => assert_eq!(got.as_ref(), Ok(data), "{step:?}"),
-                None => assert_eq!(got, Err(libc::ENOENT), "{step:?}"),
-            }
-        }
-        Step::List(d) => {
-            let dir = d.map_or("", |d| DIRS[d]);
-            let got = real.list(dir).await;
-            if model.dir_exists(dir) {
-                assert_eq!(got, Ok(model.entries(dir)), "{step:?}");
-            } else {
-                assert_eq!(got, Err(libc::ENOENT), "{step:?}");
-            }
-        }
-    }
+        Step::Read(f) => real.read(FILES[*f]).await.map(Got::Data),
+        Step::List(d) => real.list(d.map_or("", |d| DIRS[d])).await.map(Got::Entries),
+    };
+    model.check(step, got);
     // After every step the whole tree agrees.
     assert_eq!(real.list("").await, Ok(model.entries("")), "root after {step:?}");
     for (path, data) in &model.files {
@@ -354,7 +222,7 @@ proptest! {
     #[test]
     fn own_changes_match_the_model_under_a_long_ttl(
         steps in proptest::collection::vec(step(), 1..40)
-            .prop_map(|s| s.into_iter().filter(|s| !matches!(s, Step::RemotePut(..) | Step::RemoteDelete(_))).collect::<Vec<_>>())
+            .prop_map(|s| s.into_iter().filter(|s| !s.is_remote()).collect::<Vec<_>>())
     ) {
         run(&steps, Duration::from_secs(3600));
     }

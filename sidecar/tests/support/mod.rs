@@ -260,6 +260,19 @@ impl S3Server {
         }
     }
 
+    /// Deletes an object without going through the code under test (moto only: rclone's
+    /// directory listings would not see a file removed behind its back at once).
+    pub fn delete_direct(&self, key: &str) {
+        assert_eq!(self.kind, ServerKind::Moto, "delete_direct needs moto");
+        let (status, body) = self.raw("DELETE", &object_path(key), &[]);
+        assert_eq!(
+            status,
+            204,
+            "direct DELETE {key:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
     /// One unsigned HTTP/1.1 request on a fresh connection; returns status and body.
     fn raw(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the server");
