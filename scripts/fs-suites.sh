@@ -2,14 +2,16 @@
 # Runs the standard filesystem suites on a real s3mount mount over `rclone serve s3`:
 #   fsx (FSX_OPS operations, default 10000, on one file: random reads, writes, truncates, mmap)
 #   pjdfstest (the POSIX suite; every failure is given its documented reason, see
-#   scripts/pjdfstest-report.py; PJDFSTEST_MIN_PASSED is the pass count of the last accepted run).
+#   scripts/pjdfstest-report.py; PJDFSTEST_MIN_PASSED is the last accepted run's passes plus
+#   its failures on timestamps, which move between the two with second boundaries: 135 + 9,
+#   less a little slack).
 # Prints the figures; exits non-zero on an fsx mismatch, an unexplained pjdfstest failure or fewer
 # passes than before. Needs root, /dev/fuse, .venv and .tools (scripts/setup.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${S3MOUNT_BIN_DIR:-$top/target/debug}
 ops=${FSX_OPS:-10000}
-min_passed=${PJDFSTEST_MIN_PASSED:-130}
+min_passed=${PJDFSTEST_MIN_PASSED:-140}
 work=$(mktemp -d /tmp/s3mount-fs-suites.XXXXXX)
 mkdir -p "$top/target/tmp"
 summary=$top/target/tmp/fs-suites-summary.txt

@@ -45,6 +45,12 @@ fn setup() -> Setup {
     setup_with(MemStore::new(), |_| {})
 }
 
+/// A metadata TTL for checks that something expires, and a wait surely past it. Checks that
+/// something is still cached use the 60 s TTL of [`config`] instead, so no stall of a loaded
+/// machine can expire it first.
+const EXPIRING_TTL: Duration = Duration::from_secs(1);
+const PAST_EXPIRING_TTL: Duration = Duration::from_millis(1200);
+
 async fn put(store: &MemStore, key: &str, data: &[u8]) {
     store.put(key, Bytes::copy_from_slice(data)).await.unwrap();
 }
@@ -608,19 +614,25 @@ async fn a_read_only_mount_refuses_every_write_with_erofs() {
 
 #[tokio::test]
 async fn remote_changes_become_visible_after_the_metadata_ttl() {
-    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::from_millis(300));
-    assert_eq!(errno(s.fs.lookup(Ino::ROOT, n("late")).await), libc::ENOENT);
-    put(&s.store, "late", b"v1").await;
+    // Within the TTL: a TTL far longer than any stall of a loaded machine, so the cached answer
+    // cannot have expired between the two lookups.
+    let cached = setup();
+    assert_eq!(errno(cached.fs.lookup(Ino::ROOT, n("late")).await), libc::ENOENT);
+    put(&cached.store, "late", b"v1").await;
     assert_eq!(
-        errno(s.fs.lookup(Ino::ROOT, n("late")).await),
+        errno(cached.fs.lookup(Ino::ROOT, n("late")).await),
         libc::ENOENT,
         "negative entry trusted for the TTL"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // After the TTL: a short TTL and waits longer than it (a stall only makes them longer).
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = EXPIRING_TTL);
+    assert_eq!(errno(s.fs.lookup(Ino::ROOT, n("late")).await), libc::ENOENT);
+    put(&s.store, "late", b"v1").await;
+    tokio::time::sleep(PAST_EXPIRING_TTL).await;
     let attr = s.fs.lookup(Ino::ROOT, n("late")).await.unwrap();
     assert_eq!(attr.size, 2);
     put(&s.store, "late", b"version 2").await;
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(PAST_EXPIRING_TTL).await;
     assert_eq!(s.fs.getattr(attr.ino).await.unwrap().size, 9);
     assert_eq!(
         read_all(&s.fs, attr.ino).await.unwrap(),
@@ -673,29 +685,38 @@ async fn the_kernel_page_cache_is_kept_across_opens_only_for_the_same_version() 
 /// it is not stored (S3's Last-Modified is the mtime), as SEMANTICS.md says.
 #[tokio::test]
 async fn setting_mtime_shows_until_the_next_refresh_and_is_not_stored() {
-    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::from_millis(200));
-    put(&s.store, "f", b"data").await;
-    let attr = s.fs.lookup(Ino::ROOT, n("f")).await.unwrap();
     let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    let set =
-        s.fs.setattr(
-            attr.ino,
-            SetAttr {
-                mtime: Some(past),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(set.mtime, past);
+    async fn set_mtime(s: &Setup, past: std::time::SystemTime) -> Ino {
+        put(&s.store, "f", b"data").await;
+        let attr = s.fs.lookup(Ino::ROOT, n("f")).await.unwrap();
+        let set =
+            s.fs.setattr(
+                attr.ino,
+                SetAttr {
+                    mtime: Some(past),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(set.mtime, past);
+        attr.ino
+    }
+    // Within the TTL: one far longer than any stall of a loaded machine.
+    let cached = setup();
+    let ino = set_mtime(&cached, past).await;
     assert_eq!(
-        s.fs.getattr(attr.ino).await.unwrap().mtime,
+        cached.fs.getattr(ino).await.unwrap().mtime,
         past,
         "within the TTL"
     );
+    assert_eq!(cached.store.keys(), vec!["f"], "nothing written to S3");
+    // After the TTL: a short TTL and a wait longer than it.
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = EXPIRING_TTL);
+    let ino = set_mtime(&s, past).await;
     assert_eq!(s.store.keys(), vec!["f"], "nothing written to S3");
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let refreshed = s.fs.getattr(attr.ino).await.unwrap();
+    tokio::time::sleep(PAST_EXPIRING_TTL).await;
+    let refreshed = s.fs.getattr(ino).await.unwrap();
     assert_ne!(refreshed.mtime, past, "after the TTL S3's Last-Modified again");
     assert_eq!(refreshed.size, 4);
 }
@@ -873,8 +894,18 @@ async fn reads_go_through_the_block_cache() {
     let fs = Fs::with_cache(store.clone(), config(&dir), Some(Arc::new(cache)), read_config).unwrap();
     let ino = fs.lookup(Ino::ROOT, n("cached")).await.unwrap().ino;
     assert_eq!(read_all(&fs, ino).await.unwrap(), data);
-    // Cache writes happen in the background; give them a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cache writes happen in the background; wait until every block of the file is in the cache.
+    let cache = fs.cache().unwrap();
+    let blocks = (data.len() as u64).div_ceil(u64::from(cache.block_size()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().blocks < blocks {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache fill did not finish: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let gets = store.request_count(Op::Get);
     assert_eq!(read_all(&fs, ino).await.unwrap(), data);
     assert_eq!(
@@ -1144,18 +1175,26 @@ async fn lookups_in_a_small_directory_cost_one_listing_then_nothing_within_the_t
 
 #[tokio::test]
 async fn a_name_another_client_adds_to_a_listed_directory_shows_after_the_ttl() {
-    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = Duration::from_millis(200));
+    // Within the TTL: one far longer than any stall of a loaded machine.
+    let cached = setup();
+    put(&cached.store, "d/a", b"1").await;
+    let d = cached.fs.lookup(Ino::ROOT, n("d")).await.unwrap();
+    assert_eq!(errno(cached.fs.lookup(d.ino, n("late")).await), libc::ENOENT);
+    put(&cached.store, "d/late", b"22").await;
+    put(&cached.store, "d/later/x", b"3").await;
+    assert_eq!(
+        errno(cached.fs.lookup(d.ino, n("late")).await),
+        libc::ENOENT,
+        "within the TTL the listing answers"
+    );
+    // After the TTL: a short TTL and a wait longer than it.
+    let s = setup_with(MemStore::new(), |c| c.metadata_ttl = EXPIRING_TTL);
     put(&s.store, "d/a", b"1").await;
     let d = s.fs.lookup(Ino::ROOT, n("d")).await.unwrap();
     assert_eq!(errno(s.fs.lookup(d.ino, n("late")).await), libc::ENOENT);
     put(&s.store, "d/late", b"22").await;
     put(&s.store, "d/later/x", b"3").await;
-    assert_eq!(
-        errno(s.fs.lookup(d.ino, n("late")).await),
-        libc::ENOENT,
-        "within the TTL the listing answers"
-    );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(PAST_EXPIRING_TTL).await;
     assert_eq!(s.fs.lookup(d.ino, n("late")).await.unwrap().size, 2);
     assert_eq!(s.fs.lookup(d.ino, n("later")).await.unwrap().kind, Kind::Dir);
 }

@@ -120,8 +120,10 @@ fn metrics_follow_s3_requests_cache_hits_and_staged_writes_by_mount() {
     });
     assert_eq!(m(&staged, "s3mount_upload_inflight_bytes", &[]), 0.0);
     drop(f);
-    let done = sc.health_get("/metrics").1;
-    assert_eq!(m(&done, "s3mount_dirty_bytes", &[]), 0.0);
+    // close() returns after FLUSH; the kernel sends RELEASE asynchronously, so wait for it.
+    let done = wait_for(&sc, "dirty bytes back to 0 after close", |t| {
+        sample(t, "s3mount_dirty_bytes", &with(&[])) == Some(0.0)
+    });
     assert!(
         m(
             &done,

@@ -5,10 +5,23 @@ mod mount_common;
 mod support;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mount_common::{BIN, Sidecar, can_mount, is_mounted};
 use support::{S3Server, ServerKind};
+
+/// GETs `path` on the health server until `ok` holds of the answer, for up to 5 s; returns the
+/// last answer. `/readyz` is set ready just after the mount answers the probe, not before it.
+fn health_within_5s(sc: &Sidecar, path: &str, ok: impl Fn(&(u16, String)) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = sc.health_get(path);
+        if ok(&got) || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 #[test]
 fn probe_passes_only_on_a_serving_mount() {
@@ -104,8 +117,10 @@ fn readiness_is_false_before_the_mount_and_true_after() {
     }
     let server = S3Server::start(ServerKind::Rclone);
     let sc = Sidecar::start(&server, &[]);
-    assert_eq!(sc.health_get("/readyz"), (200, "ready\n".to_string()));
-    assert!(sc.health_get("/metrics").1.contains("s3mount_ready 1"));
+    let ready = health_within_5s(&sc, "/readyz", |(code, _)| *code == 200);
+    assert_eq!(ready, (200, "ready\n".to_string()));
+    let metrics = health_within_5s(&sc, "/metrics", |(_, body)| body.contains("s3mount_ready 1")).1;
+    assert!(metrics.contains("s3mount_ready 1"), "{metrics}");
     sc.stop();
 }
 
@@ -302,7 +317,7 @@ fn with_stop_when_apps_exit_the_sidecar_stops_once_the_app_processes_are_gone() 
         "{BIN} --bucket={bucket} --mountpoint={m} --endpoint={ep} --path-style --cache-dir={c} \
          --health-listen=127.0.0.1:{port} --stop-when-apps-exit 2>{log} & side=$!; \
          {BIN} probe --mountpoint={m} --wait=20s || exit 9; \
-         (cat {m}/job-input.txt; echo; sleep 1); \
+         (cat {m}/job-input.txt; echo; sleep 3; test -s {m}/job-input.txt && echo served-to-the-end); \
          wait $side; echo sidecar-exit=$?",
         bucket = support::BUCKET,
         m = mnt.display(),
@@ -331,6 +346,10 @@ fn with_stop_when_apps_exit_the_sidecar_stops_once_the_app_processes_are_gone() 
     assert!(
         stdout.contains("input"),
         "the app read through the mount: {stdout}\n{log}"
+    );
+    assert!(
+        stdout.contains("served-to-the-end"),
+        "the mount served for the app's whole life: {stdout}\n{log}"
     );
     assert!(
         stdout.contains("sidecar-exit=0"),

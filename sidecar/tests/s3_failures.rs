@@ -255,7 +255,8 @@ async fn an_endpoint_that_stops_answering_fails_within_the_retry_time_limit() {
     let started = std::time::Instant::now();
     let err = store.head("k").await.unwrap_err();
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(2500), "gave up after {took:?}");
+    // About 1.2 s expected; the bug this guards against (max_attempts read timeouts) costs 30 s.
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
     assert!(
         took >= Duration::from_secs(1),
         "retried until the limit: {took:?}"

@@ -47,7 +47,14 @@ fn reads_after_transient_faults_return_exact_bytes_and_each_fault_costs_one_retr
     for i in 0..faults.len() {
         server.put_direct(&format!("fault-{i}.bin"), &pattern(i as u64, OBJECT));
     }
-    let sc = site.start(&proxy.endpoint(), &[]);
+    // The S3 client's debug lines say each retry (and only those): "retrying", with the key.
+    let sc = site.start(&proxy.endpoint(), &["--log-level=info,s3mount_sidecar::s3=debug"]);
+    let retries_of = |key: &str| {
+        sc.log()
+            .lines()
+            .filter(|l| l.contains("retrying") && l.contains(key))
+            .count()
+    };
 
     // The same read without faults: how many GETs a clean read of this size takes.
     proxy.reset();
@@ -76,24 +83,32 @@ fn reads_after_transient_faults_return_exact_bytes_and_each_fault_costs_one_retr
         verified += got.len() as u64;
         let hit = proxy.injected() - before;
         let gets = proxy.count(S3Op::Get);
+        // Retries are counted by the S3 client's own word, not from the total of GETs: how many
+        // GETs a read takes varies a little with the kernel's read-ahead timing (a CI run under
+        // load once needed one more for the same clean read), and a block whose cache write has
+        // not landed yet can be fetched again by a late, reordered kernel read.
+        let retried = retries_of(&key);
+        assert_eq!(hit, 2, "{fault:?} was injected twice");
         if matches!(fault, Fault::SlowFirstByte { .. }) {
-            // A slow answer is not a failure: no retry.
-            assert_eq!(hit, 2, "{fault:?} was injected");
             assert_eq!(
-                gets, clean_gets,
-                "{fault:?}: a slow first byte must not be retried"
+                retried,
+                0,
+                "{fault:?}: a slow answer is not a failure and must not be retried\n{}",
+                sc.log()
             );
         } else {
-            assert_eq!(hit, 2, "{fault:?} was injected twice");
-            // Each fault costs one more GET: two here. At most one more may come from the kernel:
-            // while the first GET is being retried, its read-ahead can ask for a later offset,
-            // which then gets a GET of its own instead of waiting for the stream (seen once in a
-            // CI run under load, with a short body). More than that would be a retry too many.
-            assert!(
-                (clean_gets + 2..=clean_gets + 3).contains(&gets),
-                "{fault:?}: each fault costs one more GET: {gets} GETs, clean read {clean_gets}"
+            assert_eq!(
+                retried,
+                2,
+                "{fault:?}: each fault costs exactly one retry\n{}",
+                sc.log()
             );
         }
+        // And nothing else is fetched again: a loose bound on the whole read.
+        assert!(
+            gets <= clean_gets + 4,
+            "{fault:?}: {gets} GETs, a clean read took {clean_gets}"
+        );
         proxy.clear();
     }
     let (status, _, _) = sc.stop();
@@ -325,24 +340,24 @@ fn a_failed_upload_goes_out_by_itself_once_s3_recovers() {
     assert!(server.get_direct("later.bin").is_none(), "still nothing in S3");
 
     proxy.clear();
+    // Waits for the sidecar's word that S3 took it, not for the object to show: rclone writes an
+    // object's file in place while the PUT runs, so a direct read could catch it half written.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    let stored = loop {
-        if let Some(body) = server.get_direct("later.bin") {
-            break body;
-        }
+    while !sc
+        .log()
+        .contains("upload that had failed at close succeeded on retry")
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the staged upload did not go out after S3 recovered\n{}",
             sc.log()
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_bytes("later.bin in S3, uploaded in the background", &stored, &data);
-    assert!(
-        sc.log()
-            .contains("upload that had failed at close succeeded on retry"),
-        "{}",
-        sc.log()
+    }
+    assert_bytes(
+        "later.bin in S3, uploaded in the background",
+        &server.get_direct("later.bin").expect("object"),
+        &data,
     );
     assert_bytes(
         "later.bin through the mount",
@@ -507,6 +522,8 @@ fn a_copy_answered_200_with_an_error_document_fails_the_rename_and_keeps_the_sou
         None,
         "the source is gone after the rename"
     );
+    let (status, _, log) = sc.stop();
+    assert!(status.success(), "{log}");
     support::summary(
         "copy_error_200",
         proxy.injected(),

@@ -52,8 +52,8 @@ fn wait_for_log(sc: &support::Sidecar, text: &str, n: usize) {
     }
 }
 
-/// Bytes of all files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+/// Files under `dir` (recursively).
+fn file_count(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -61,11 +61,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| {
             let p = e.path();
-            if p.is_dir() {
-                dir_bytes(&p)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
+            if p.is_dir() { file_count(&p) } else { 1 }
         })
         .sum()
 }
@@ -114,17 +110,19 @@ fn sigterm_uploads_pending_data_within_the_grace_period_and_exits_0() {
     // close returns after FLUSH; RELEASE retries the upload in the background. Wait until every
     // release has given up and kept its staging file, so that only SIGTERM can upload them.
     wait_for_log(&sc, "upload pending; staged data kept", files.len());
-    proxy.clear();
-    // And one file is still open, written but never flushed, when SIGTERM comes.
-    let open_data = pattern(30, 123_456);
-    let mut open = File::create(sc.path("open-at-sigterm.bin")).expect("create");
-    open.write_all(&open_data).expect("write");
     for (name, _) in &files {
         assert!(
             server.get_direct(name).is_none(),
             "{name} is not in S3 before SIGTERM"
         );
     }
+    // S3 recovers just before SIGTERM (the background retry, every 10 s, may rarely catch them
+    // first: either way they must all be in S3 once the sidecar has exited).
+    proxy.clear();
+    // And one file is still open, written but never flushed, when SIGTERM comes.
+    let open_data = pattern(30, 123_456);
+    let mut open = File::create(sc.path("open-at-sigterm.bin")).expect("create");
+    open.write_all(&open_data).expect("write");
 
     sc.signal(nix::sys::signal::Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
@@ -245,7 +243,7 @@ fn sigterm_with_s3_too_slow_for_the_grace_period_exits_in_time_and_names_the_fil
     let (status, took, log) = sc.stop();
     assert_ne!(status.code(), Some(0), "{log}");
     assert!(
-        took < grace + Duration::from_secs(2),
+        took < grace + Duration::from_secs(5),
         "exit at the end of the {grace:?} grace period, took {took:?}"
     );
     for (name, _) in &files {
@@ -281,14 +279,17 @@ fn after_sigkill_the_next_start_serves_the_same_mountpoint_with_the_block_cache_
     let first_gets = proxy.count(S3Op::Get);
     assert!(first_gets > 0);
 
-    // Block-cache writes finish after the read returns: wait until the blocks are on disk.
-    let blocks = site.dir.path().join("cache/blocks");
+    // Block-cache writes finish after the read returns: wait until every block is committed
+    // (renamed into `blocks/`; a block still being written lives in `tmp/`).
+    let committed = site.dir.path().join("cache/blocks/blocks");
+    let blocks = data.len().div_ceil(1024 * 1024);
     let start = std::time::Instant::now();
-    while dir_bytes(&blocks) < data.len() as u64 && start.elapsed() < Duration::from_secs(20) {
+    while file_count(&committed) < blocks && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        dir_bytes(&blocks) >= data.len() as u64,
+    assert_eq!(
+        file_count(&committed),
+        blocks,
         "the first read filled the block cache"
     );
     first.kill_hard();
@@ -305,12 +306,11 @@ fn after_sigkill_the_next_start_serves_the_same_mountpoint_with_the_block_cache_
         .read_to_end(&mut again)
         .expect("read");
     assert_bytes("read after restart", &again, &data);
-    // Most blocks must come from the killed sidecar's cache. Not all: 1 run in ~4 under load
-    // fetched one block again although the block files were on disk (open point, see the report).
+    // Every block comes from the killed sidecar's cache.
     let gets_after = proxy.count(S3Op::Get);
-    assert!(
-        gets_after < first_gets,
-        "the block cache of the killed sidecar served the read: {gets_after} GETs vs {first_gets}"
+    assert_eq!(
+        gets_after, 0,
+        "the block cache of the killed sidecar served the read ({first_gets} GETs the first time)"
     );
     let written = pattern(61, 5000);
     let mut f = File::create(second.path("after-restart.bin")).expect("create after restart");

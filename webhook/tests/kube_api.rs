@@ -257,10 +257,13 @@ fn watch_namespaces(fake: Arc<Fake>, from: String) -> Response {
     ([("content-type", "application/json")], Body::from_stream(lines)).into_response()
 }
 
-/// The stand-in on a loopback port; [`Server::stop`] drops the listener and every open connection
-/// (the API server going away), [`Server::start`] serves again on the same port.
+/// The stand-in on a loopback port. [`Server::stop`] drops every open connection and then closes
+/// each new one as soon as it is accepted (the API server going away); [`Server::start`] serves
+/// again. The listener stays bound throughout, so the port cannot be taken by another test in the
+/// meantime.
 struct Server {
     fake: Arc<Fake>,
+    listener: Arc<tokio::net::TcpListener>,
     addr: SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -271,15 +274,17 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let mut s = Server {
             fake,
+            listener: Arc::new(listener),
             addr,
             task: None,
         };
-        s.serve(listener);
+        s.serve();
         s
     }
 
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
+    fn serve(&mut self) {
         let app = router(self.fake.clone());
+        let listener = self.listener.clone();
         self.task = Some(tokio::spawn(async move {
             // Connections live in this set: aborting the accept task drops them all.
             let mut connections = tokio::task::JoinSet::new();
@@ -299,16 +304,28 @@ impl Server {
         }));
     }
 
-    async fn stop(&mut self) {
+    async fn halt(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
         }
     }
 
+    /// Drops every open connection; from now on each new one is closed right after it is accepted.
+    async fn stop(&mut self) {
+        self.halt().await;
+        let listener = self.listener.clone();
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                // Dropping the accepted stream closes it before any byte is answered.
+                let _ = listener.accept().await;
+            }
+        }));
+    }
+
     async fn start(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
+        self.halt().await;
+        self.serve();
     }
 
     fn client(&self) -> kube::Client {

@@ -55,7 +55,9 @@ fn start(dir: &Path) -> Webhook {
         .args([
             "--sidecar-mode=native",
             "--tls-reload-interval=100ms",
-            "--drain-timeout=10s",
+            // Longer than any wait below: a server that keeps accepting after SIGTERM cannot pass
+            // by reaching the drain timeout and exiting.
+            "--drain-timeout=60s",
         ])
         .arg(format!("--tls-cert={}", dir.join("cert.pem").display()))
         .arg(format!("--tls-key={}", dir.join("key.pem").display()))
@@ -169,6 +171,24 @@ async fn serves_mutate_over_tls_12_and_13_and_reloads_rotated_certificate_withou
     post_review(&mut fresh).await;
 }
 
+/// Reads from `stream` up to and including the first blank line: the head of one response.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::io::AsyncReadExt::read(stream, &mut byte)
+            .await
+            .expect("read a response head");
+        assert!(
+            n == 1,
+            "connection closed inside a response head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +196,9 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     let mut hook = start(dir.path());
     let tls = connector(&root, &rustls::version::TLS13);
 
-    // Send the headers and half the body, then SIGTERM, then the rest.
+    // Send the headers with `Expect: 100-continue`: hyper answers `100 Continue` only once it has
+    // parsed them and the handler asks for the body, so the request is then surely in flight.
+    // Then half the body, SIGTERM, and the rest once the server has stopped accepting.
     let body = serde_json::to_vec(&fixture("basic-pod.json")).unwrap();
     let tcp = TcpStream::connect(&hook.https).await.unwrap();
     let mut stream = tls
@@ -185,13 +207,20 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
         .unwrap();
     let head = format!(
         "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
+         expect: 100-continue\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let interim = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+        .await
+        .expect("no 100 Continue within 10 s");
+    assert!(
+        interim.starts_with("HTTP/1.1 100"),
+        "expected 100 Continue: {interim}"
+    );
     stream.write_all(&body[..body.len() / 2]).await.unwrap();
     stream.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let pid = hook.child.id().to_string();
     assert!(
@@ -201,17 +230,24 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
             .unwrap()
             .success()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are refused while the old one drains.
-    let attempt = async {
-        let tcp = TcpStream::connect(&hook.https).await?;
-        tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await
-    };
-    let refused = !matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Ok(_))
-    );
-    assert!(refused, "a new connection was accepted after SIGTERM");
+    // New connections are refused (the listener is closed) while the old one drains. Connecting
+    // may still succeed until the server has handled the signal, so poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let tcp = TcpStream::connect(&hook.https).await?;
+            tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+        };
+        // Refused: connecting or the handshake fails. Accepted, or hanging for 2 s: not (yet).
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections were still accepted 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     stream.write_all(&body[body.len() / 2..]).await.unwrap();
     stream.flush().await.unwrap();

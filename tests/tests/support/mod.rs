@@ -426,9 +426,12 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    /// A sidecar the test did not stop (it failed, or forgot): killed, and its dead mount
+    /// removed, so no test leaves a mount behind.
     fn drop(&mut self) {
         if self.child.is_some() {
             self.kill_hard();
+            detach_all(&self.mountpoint);
         }
     }
 }
