@@ -207,27 +207,20 @@ fn with_ttl_0_other_clients_changes_show_at_once_through_the_kernel() {
         return;
     }
     use Step::*;
+    let replaced = |old: &[u8], new: &[u8]| {
+        vec![
+            Write(0, old.to_vec()),
+            Read(0),
+            RemotePut(0, new.to_vec()),
+            Read(0),
+        ]
+    };
     let sequences = [
-        // A longer, then a shorter replacement of a file just written and read.
-        vec![
-            Write(0, b"abc".to_vec()),
-            Read(0),
-            RemotePut(0, b"0123456789".to_vec()),
-            Read(0),
-        ],
-        vec![
-            Write(0, b"0123456789".to_vec()),
-            Read(0),
-            RemotePut(0, b"xy".to_vec()),
-            Read(0),
-        ],
-        // Same length, other bytes (the kernel's pages must not be kept).
-        vec![
-            Write(0, b"aaaa".to_vec()),
-            Read(0),
-            RemotePut(0, b"bbbb".to_vec()),
-            Read(0),
-        ],
+        // A longer, a shorter, and a same-length replacement of a file just written and read
+        // (the kernel's size and pages must not be kept).
+        replaced(b"abc", b"0123456789"),
+        replaced(b"0123456789", b"xy"),
+        replaced(b"aaaa", b"bbbb"),
         // Removed behind the kernel's back, then appended to and truncated.
         vec![
             Write(1, b"abc".to_vec()),
