@@ -33,6 +33,10 @@
 //! `PreconditionFailed` to the reader, never a mix of old and new bytes. A failed slot is dropped
 //! after the failure is returned, so a transient failure does not stick.
 //!
+//! Failures: a read that failed after every retry is remembered by its reader for
+//! [`FAILURE_MEMORY`], so the kernel's immediate second try of a failed read-ahead gets the error
+//! at once instead of waiting out the retries again (see [`ObjectReader::read`]).
+//!
 //! Memory: read-ahead parts take their size from a budget shared by all readers of a
 //! [`ReadPath`] (`max_inflight_bytes`) and are only started when the budget and the per-reader
 //! `max_concurrency` allow; the blocks a read needs right now are always fetched. A reader keeps
@@ -90,6 +94,9 @@ impl Default for ReadConfig {
 /// Random reads fetch their bytes widened to this alignment (and never past their blocks), so
 /// a 256 KiB random read costs at most 256 KiB + 16 KiB (about 1.06x) instead of whole blocks.
 pub const RANDOM_ALIGN: u64 = 16 * 1024;
+
+/// How long a reader remembers a read that failed after every retry (see [`ObjectReader::read`]).
+pub const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Budget permits are counted in KiB so that large budgets fit a semaphore.
 const PERMIT_UNIT: u64 = 1024;
@@ -162,6 +169,7 @@ impl<S: ObjectStore> ReadPath<S> {
                 first: true,
                 streaming: true,
                 slots: BTreeMap::new(),
+                failed: None,
             }),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
         }
@@ -192,6 +200,8 @@ struct State {
     /// Whether the last read was sequential (false after a random read).
     streaming: bool,
     slots: BTreeMap<u64, Slot>,
+    /// The last read that failed after every retry: when, its range, and why.
+    failed: Option<(std::time::Instant, std::ops::Range<u64>, StoreError)>,
 }
 
 /// Reads of one open object version.
@@ -224,7 +234,33 @@ impl<S: ObjectStore> ObjectReader<S> {
     }
 
     /// Reads up to `len` bytes at `offset`; shorter only at the end of the object.
+    ///
+    /// A read that failed after every retry (S3 unavailable or unreachable) is remembered for
+    /// [`FAILURE_MEMORY`]: a read of this reader that overlaps it in that time fails at once with
+    /// the same error. The kernel asks again at once for pages whose read-ahead failed; without
+    /// this an app reading from a hung endpoint would wait out the retries twice before its EIO.
+    /// A new open (a new reader) always tries S3 again.
     pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let range = offset..offset.saturating_add(u64::from(len));
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, failed, err)) = &st.failed {
+                if at.elapsed() >= FAILURE_MEMORY {
+                    st.failed = None;
+                } else if failed.start < range.end && range.start < failed.end {
+                    return Err(err.clone());
+                }
+            }
+        }
+        let result = self.read_now(offset, len).await;
+        if let Err(err @ (StoreError::Unavailable { .. } | StoreError::Transport { .. })) = &result {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.failed = Some((std::time::Instant::now(), range, err.clone()));
+        }
+        result
+    }
+
+    async fn read_now(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
         let size = self.meta.size;
         if len == 0 || offset >= size {
             return Ok(Bytes::new());

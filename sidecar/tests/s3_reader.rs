@@ -254,3 +254,43 @@ async fn a_replaced_object_gives_precondition_failed_never_mixed_bytes() {
         );
     }
 }
+
+/// A read that failed after every retry is answered again from the reader's memory for a short
+/// time (the kernel asks again at once for a failed read-ahead: no second wait on a dead S3);
+/// another reader, or the same one after that time, asks S3 again.
+#[tokio::test]
+async fn a_failed_read_is_remembered_briefly_by_its_reader_only() {
+    use s3mount_sidecar::mem_store::{MemStore, Op as MemOp};
+    use s3mount_sidecar::reader::FAILURE_MEMORY;
+    let store = Arc::new(MemStore::new());
+    let body = data(3 * MIB as usize, 9);
+    store.put("flaky", Bytes::from(body.clone())).await.unwrap();
+    let meta = store.head("flaky").await.unwrap().unwrap();
+    let path = ReadPath::new(store.clone(), None, config());
+    let reader = path.open(&meta);
+
+    store.fail_next(MemOp::Get, 1);
+    let first = reader.read(0, 128 * 1024).await;
+    assert!(matches!(first, Err(StoreError::Unavailable { .. })), "{first:?}");
+    let gets = store.request_count(MemOp::Get);
+    // The same range, and one overlapping it: the same error, no request.
+    for (offset, len) in [(0, 128 * 1024), (64 * 1024, 128 * 1024)] {
+        let again = reader.read(offset, len).await;
+        assert!(matches!(again, Err(StoreError::Unavailable { .. })), "{again:?}");
+    }
+    assert_eq!(
+        store.request_count(MemOp::Get),
+        gets,
+        "remembered, not asked again"
+    );
+    // A range that does not overlap, and another reader of the same object: asked, and served.
+    assert_eq!(
+        &reader.read(2 * MIB, 4096).await.unwrap()[..],
+        &body[2 * MIB as usize..2 * MIB as usize + 4096]
+    );
+    let other = path.open(&meta);
+    assert_eq!(&other.read(0, 4096).await.unwrap()[..], &body[..4096]);
+    // After FAILURE_MEMORY the first reader asks S3 again.
+    tokio::time::sleep(FAILURE_MEMORY + Duration::from_millis(100)).await;
+    assert_eq!(&reader.read(0, 4096).await.unwrap()[..], &body[..4096]);
+}

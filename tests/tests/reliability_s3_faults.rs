@@ -185,6 +185,94 @@ fn exhausted_retries_give_eio_name_the_failed_request_and_are_not_cached() {
     );
 }
 
+/// An S3 endpoint that accepts requests and never answers them (a hung load balancer, a frozen
+/// server): a reader blocked on it can be killed at once (a pod can terminate), and a reader that
+/// waits gets EIO after one read timeout (30 s, which outlasts the 20 s retry limit), never an
+/// endless wait; the log names the request. Once S3 answers, the same read works.
+#[test]
+fn a_hung_endpoint_gives_eio_in_bounded_time_and_a_blocked_reader_can_be_killed() {
+    require_mount();
+    let _dog = Watchdog::new("hung_endpoint", Duration::from_secs(150));
+    let server = Rclone::start();
+    let proxy = Proxy::start(&server);
+    let site = Site::new();
+    let data = pattern(13, 200 * 1024 + 1);
+    server.put_direct("hung.bin", &data);
+    server.put_direct("hung-killed.bin", &data);
+    let sc = site.start(&proxy.endpoint(), &[]);
+    for name in ["hung.bin", "hung-killed.bin"] {
+        assert_eq!(
+            std::fs::metadata(sc.path(name)).expect("stat").len(),
+            data.len() as u64
+        );
+    }
+    // Every GET of these keys waits ten minutes before the proxy even forwards it.
+    proxy.set(vec![rule(
+        S3Op::Get,
+        1,
+        0,
+        Fault::SlowFirstByte { millis: 600_000 },
+        Some("hung"),
+    )]);
+
+    let mut blocked = std::process::Command::new("cat")
+        .arg(sc.path("hung-killed.bin"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start cat");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        blocked.try_wait().expect("cat").is_none(),
+        "cat is blocked in its read"
+    );
+    let killed = std::time::Instant::now();
+    blocked.kill().expect("SIGKILL cat");
+    let status = blocked.wait().expect("wait for cat");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "a reader blocked on S3 dies at SIGKILL: took {:?} ({status})",
+        killed.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let err = errno_of(read_all(&sc.path("hung.bin")));
+    let took = started.elapsed();
+    assert_eq!(
+        err,
+        Some(libc::EIO),
+        "a read from a hung endpoint is EIO\n{}",
+        sc.log()
+    );
+    // The first GET waits out the 30 s read timeout, which also uses up the 20 s retry limit.
+    // Not twice: the kernel asks again at once for a failed read-ahead, and the reader answers
+    // that from its memory of the failure.
+    assert!(
+        took < Duration::from_secs(30 + 12),
+        "EIO after one read timeout, not more: took {took:?}"
+    );
+    let log = sc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("S3 request failed") && l.contains("GET") && l.contains("hung.bin")),
+        "the log must name the request that failed:\n{log}"
+    );
+
+    proxy.clear();
+    assert_bytes(
+        "hung.bin after the endpoint answers again",
+        &read_all(&sc.path("hung.bin")).expect("read after recovery"),
+        &data,
+    );
+    let (status, _, log) = sc.stop();
+    assert!(status.success(), "{log}");
+    support::summary(
+        "hung_endpoint",
+        proxy.injected(),
+        data.len() as u64,
+        &format!("eio_after_ms={}", took.as_millis()),
+    );
+}
+
 #[test]
 fn throttled_lookups_are_eio_never_enoent_and_not_cached_as_missing() {
     require_mount();
