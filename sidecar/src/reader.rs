@@ -30,12 +30,13 @@
 //!
 //! Consistency: every GET carries `If-Match` with the ETag of the [`ObjectMeta`] the reader was
 //! opened with, and cached blocks are keyed by that ETag, so a replaced object gives
-//! `PreconditionFailed` to the reader, never a mix of old and new bytes. A failed slot is dropped
-//! after the failure is returned, so a transient failure does not stick.
+//! `PreconditionFailed` to the reader, never a mix of old and new bytes. A failed part's slots are
+//! dropped (read-ahead blocks not read yet included) once the failure is returned, so a transient
+//! failure does not stick.
 //!
-//! Failures: a read that failed after every retry is remembered by its reader for
-//! [`FAILURE_MEMORY`], so the kernel's immediate second try of a failed read-ahead gets the error
-//! at once instead of waiting out the retries again (see [`ObjectReader::read`]).
+//! Failures: a read that failed after every retry is remembered by its reader for a short time
+//! ([`FAILURE_MEMORY`]), so the kernel's immediate second try of a failed read-ahead gets the
+//! error at once instead of waiting out the retries again (see [`ObjectReader::read`]).
 //!
 //! Memory: read-ahead parts take their size from a budget shared by all readers of a
 //! [`ReadPath`] (`max_inflight_bytes`) and are only started when the budget and the per-reader
@@ -75,6 +76,9 @@ pub struct ReadConfig {
     pub max_window: u64,
     /// Bytes of read-ahead in flight across all open files.
     pub max_inflight_bytes: u64,
+    /// How long an open file remembers a read that failed after every retry (see
+    /// [`ObjectReader::read`]).
+    pub failure_memory: std::time::Duration,
 }
 
 impl Default for ReadConfig {
@@ -87,6 +91,7 @@ impl Default for ReadConfig {
             initial_window: 1024 * 1024,
             max_window: 64 * 1024 * 1024,
             max_inflight_bytes: 96 * 1024 * 1024,
+            failure_memory: FAILURE_MEMORY,
         }
     }
 }
@@ -95,8 +100,12 @@ impl Default for ReadConfig {
 /// a 256 KiB random read costs at most 256 KiB + 16 KiB (about 1.06x) instead of whole blocks.
 pub const RANDOM_ALIGN: u64 = 16 * 1024;
 
-/// How long a reader remembers a read that failed after every retry (see [`ObjectReader::read`]).
+/// How long a reader remembers a read that failed after every retry, by default (see
+/// [`ObjectReader::read`]).
 pub const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// At most this many failed ranges are remembered per open file (the oldest is forgotten first).
+const MAX_REMEMBERED_FAILURES: usize = 16;
 
 /// Budget permits are counted in KiB so that large budgets fit a semaphore.
 const PERMIT_UNIT: u64 = 1024;
@@ -169,7 +178,7 @@ impl<S: ObjectStore> ReadPath<S> {
                 first: true,
                 streaming: true,
                 slots: BTreeMap::new(),
-                failed: None,
+                failed: Vec::new(),
             }),
             parts_in_flight: Arc::new(AtomicUsize::new(0)),
         }
@@ -200,8 +209,8 @@ struct State {
     /// Whether the last read was sequential (false after a random read).
     streaming: bool,
     slots: BTreeMap<u64, Slot>,
-    /// The last read that failed after every retry: when, its range, and why.
-    failed: Option<(std::time::Instant, std::ops::Range<u64>, StoreError)>,
+    /// Recent reads that failed after every retry: when, their range, and why (oldest first).
+    failed: Vec<(std::time::Instant, std::ops::Range<u64>, StoreError)>,
 }
 
 /// Reads of one open object version.
@@ -236,26 +245,40 @@ impl<S: ObjectStore> ObjectReader<S> {
     /// Reads up to `len` bytes at `offset`; shorter only at the end of the object.
     ///
     /// A read that failed after every retry (S3 unavailable or unreachable) is remembered for
-    /// [`FAILURE_MEMORY`]: a read of this reader that overlaps it in that time fails at once with
-    /// the same error. The kernel asks again at once for pages whose read-ahead failed; without
-    /// this an app reading from a hung endpoint would wait out the retries twice before its EIO.
-    /// A new open (a new reader) always tries S3 again.
+    /// `failure_memory` (2 s by default): a read of this reader that overlaps it in that time
+    /// fails at once with the same error, until a read of this reader succeeds again. The kernel
+    /// asks again at once for pages whose read-ahead failed; without this an app reading from a
+    /// hung endpoint would wait out the retries twice before its EIO. A new open (a new reader)
+    /// always tries S3 again.
     pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
-        let range = offset..offset.saturating_add(u64::from(len));
+        let size = self.meta.size;
+        if len == 0 || offset >= size {
+            return Ok(Bytes::new());
+        }
+        let range = offset..offset.saturating_add(u64::from(len)).min(size);
         {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, failed, err)) = &st.failed {
-                if at.elapsed() >= FAILURE_MEMORY {
-                    st.failed = None;
-                } else if failed.start < range.end && range.start < failed.end {
-                    return Err(err.clone());
-                }
+            let memory = self.inner.cfg.failure_memory;
+            st.failed.retain(|(at, _, _)| at.elapsed() < memory);
+            if let Some((_, _, err)) = st
+                .failed
+                .iter()
+                .find(|(_, failed, _)| failed.start < range.end && range.start < failed.end)
+            {
+                return Err(err.clone());
             }
         }
         let result = self.read_now(offset, len).await;
-        if let Err(err @ (StoreError::Unavailable { .. } | StoreError::Transport { .. })) = &result {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.failed = Some((std::time::Instant::now(), range, err.clone()));
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => st.failed.clear(),
+            Err(err @ (StoreError::Unavailable { .. } | StoreError::Transport { .. })) => {
+                if st.failed.len() == MAX_REMEMBERED_FAILURES {
+                    st.failed.remove(0);
+                }
+                st.failed.push((std::time::Instant::now(), range, err.clone()));
+            }
+            Err(_) => {}
         }
         result
     }
@@ -337,13 +360,19 @@ impl<S: ObjectStore> ObjectReader<S> {
             }
         }
         if let Some(err) = failure {
-            // Drop the failed slots so that a transient failure does not stick.
+            // Drop the failed slots and every other slot of their parts (read-ahead blocks not
+            // awaited yet would give the same failure), so that a transient failure does not
+            // stick.
+            let failed_parts: Vec<&Arc<PartGuard>> = wanted
+                .iter()
+                .filter(|(_, fut, _)| matches!(fut.peek(), Some(Err(_))))
+                .map(|(_, _, guard)| guard)
+                .collect();
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, fut, _) in &wanted {
-                if matches!(fut.peek(), Some(Err(_))) {
-                    st.slots.remove(i);
-                }
-            }
+            st.slots.retain(|_, slot| {
+                !matches!(slot.fut.peek(), Some(Err(_)))
+                    && !failed_parts.iter().any(|g| Arc::ptr_eq(g, &slot.guard))
+            });
             return Err(err);
         }
         let data = single.unwrap_or_else(|| out.freeze());

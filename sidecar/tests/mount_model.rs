@@ -142,9 +142,11 @@ fn config() -> Config {
     // Config::default() reads the PROPTEST_* variables; ours apply where none is set.
     let mut config = Config {
         failure_persistence: None,
-        max_shrink_iters: 256,
         ..Config::default()
     };
+    if std::env::var_os("PROPTEST_MAX_SHRINK_ITERS").is_none() {
+        config.max_shrink_iters = 256;
+    }
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = 12;
     }
@@ -175,10 +177,14 @@ fn on_a_mount(run: impl FnOnce(&dyn Fn(&[Step])) -> Result<(), String>) -> usize
         case.check_tree(&model);
     };
     let result = run(&one_case);
-    let log = sc.stop();
     if let Err(e) = result {
-        panic!("{e}\nsidecar log:\n{log}");
+        // The minimal case and the log first; the sidecar is then killed and unmounted (its
+        // Drop), not stopped: a stop asserts too and would hide them.
+        eprintln!("{e}\nsidecar log:\n{}", sc.log());
+        drop(sc);
+        panic!("{e}");
     }
+    sc.stop();
     cases.get()
 }
 

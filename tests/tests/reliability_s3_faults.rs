@@ -47,7 +47,8 @@ fn reads_after_transient_faults_return_exact_bytes_and_each_fault_costs_one_retr
     for i in 0..faults.len() {
         server.put_direct(&format!("fault-{i}.bin"), &pattern(i as u64, OBJECT));
     }
-    // The S3 client's debug lines say each retry (and only those): "retrying", with the key.
+    // The S3 client's debug lines say each failed attempt ("retrying", with the key); here each
+    // fault is followed by a successful attempt, so they count the retries.
     let sc = site.start(&proxy.endpoint(), &["--log-level=info,s3mount_sidecar::s3=debug"]);
     let retries_of = |key: &str| {
         sc.log()
