@@ -255,45 +255,48 @@ impl<S: ObjectStore> ObjectReader<S> {
         if len == 0 || offset >= size {
             return Ok(Bytes::new());
         }
-        let range = offset..offset.saturating_add(u64::from(len)).min(size);
-        {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let end = offset.saturating_add(u64::from(len)).min(size);
+        let remembering = {
+            let mut st = self.state();
             let memory = self.inner.cfg.failure_memory;
             st.failed.retain(|(at, _, _)| at.elapsed() < memory);
             if let Some((_, _, err)) = st
                 .failed
                 .iter()
-                .find(|(_, failed, _)| failed.start < range.end && range.start < failed.end)
+                .find(|(_, failed, _)| failed.start < end && offset < failed.end)
             {
                 return Err(err.clone());
             }
-        }
-        let result = self.read_now(offset, len).await;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            !st.failed.is_empty()
+        };
+        let result = self.read_now(offset, len, end).await;
         match &result {
-            Ok(_) => st.failed.clear(),
+            Ok(_) if remembering => self.state().failed.clear(),
             Err(err @ (StoreError::Unavailable { .. } | StoreError::Transport { .. })) => {
+                let mut st = self.state();
                 if st.failed.len() == MAX_REMEMBERED_FAILURES {
                     st.failed.remove(0);
                 }
-                st.failed.push((std::time::Instant::now(), range, err.clone()));
+                st.failed
+                    .push((std::time::Instant::now(), offset..end, err.clone()));
             }
-            Err(_) => {}
+            _ => {}
         }
         result
     }
 
-    async fn read_now(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
-        let size = self.meta.size;
-        if len == 0 || offset >= size {
-            return Ok(Bytes::new());
-        }
-        let end = offset.saturating_add(u64::from(len)).min(size);
-        let bs = self.inner.block_size;
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `offset..end` (non-empty, inside the object; `len` bytes were asked) from the slots,
+    /// the cache or S3.
+    async fn read_now(&self, offset: u64, len: u32, end: u64) -> StoreResult<Bytes> {
+        let (size, bs) = (self.meta.size, self.inner.block_size);
         let (b0, b1) = (offset / bs, (end - 1) / bs);
         // `None`: a random read that goes around the slots.
         let plan: Option<Vec<(u64, BlockFuture, Arc<PartGuard>)>> = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.state();
             let sequential = if st.streaming {
                 offset + bs >= st.last_end && offset <= st.last_end + st.window
             } else {
@@ -368,7 +371,7 @@ impl<S: ObjectStore> ObjectReader<S> {
                 .filter(|(_, fut, _)| matches!(fut.peek(), Some(Err(_))))
                 .map(|(_, _, guard)| guard)
                 .collect();
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.state();
             st.slots.retain(|_, slot| {
                 !matches!(slot.fut.peek(), Some(Err(_)))
                     && !failed_parts.iter().any(|g| Arc::ptr_eq(g, &slot.guard))
