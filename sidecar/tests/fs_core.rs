@@ -1,6 +1,8 @@
 //! The filesystem core on the in-memory store: each test is named after the promise of
 //! SEMANTICS.md it backs.
 
+mod support;
+
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -897,15 +899,7 @@ async fn reads_go_through_the_block_cache() {
     // Cache writes happen in the background; wait until every block of the file is in the cache.
     let cache = fs.cache().unwrap();
     let blocks = (data.len() as u64).div_ceil(u64::from(cache.block_size()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cache.stats().blocks < blocks {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cache fill did not finish: {:?}",
-            cache.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::wait_for_blocks(cache, blocks).await;
     let gets = store.request_count(Op::Get);
     assert_eq!(read_all(&fs, ino).await.unwrap(), data);
     assert_eq!(

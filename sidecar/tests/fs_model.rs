@@ -13,8 +13,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use model::{DIRS, FILES, Got, Kind, Model, Step, step};
+use s3mount_sidecar::fs::error::FsResult;
 use s3mount_sidecar::fs::inode::Ino;
-use s3mount_sidecar::fs::{Fs, FsConfig, OpenMode};
+use s3mount_sidecar::fs::{Fs, FsConfig, OpenMode, SetAttr};
 use s3mount_sidecar::mem_store::MemStore;
 use s3mount_sidecar::store::ObjectStore;
 
@@ -113,6 +114,11 @@ impl Real {
     }
 }
 
+/// A filesystem call's result as a step's result.
+fn done<T>(result: FsResult<T>) -> Result<Got, i32> {
+    result.map(|_| Got::Done).map_err(|e| e.errno())
+}
+
 async fn apply(model: &mut Model, real: &Real, step: &Step) {
     let got = match step {
         Step::Write(f, data) | Step::Append(f, data) => real
@@ -120,52 +126,34 @@ async fn apply(model: &mut Model, real: &Real, step: &Step) {
             .await
             .map(|()| Got::Done),
         Step::Truncate(f, size) => match real.file(FILES[*f]).await {
-            Ok(ino) => real
-                .fs
-                .setattr(
-                    ino,
-                    s3mount_sidecar::fs::SetAttr {
-                        size: Some(*size),
-                        ..Default::default()
-                    },
+            Ok(ino) => {
+                let size = Some(*size);
+                done(
+                    real.fs
+                        .setattr(
+                            ino,
+                            SetAttr {
+                                size,
+                                ..Default::default()
+                            },
+                        )
+                        .await,
                 )
-                .await
-                .map(|_| Got::Done)
-                .map_err(|e| e.errno()),
+            }
             Err(e) => Err(e),
         },
         Step::Unlink(f) => match real.parent_and_name(FILES[*f]).await {
-            Ok((parent, name)) => real
-                .fs
-                .unlink(parent, name)
-                .await
-                .map(|()| Got::Done)
-                .map_err(|e| e.errno()),
+            Ok((parent, name)) => done(real.fs.unlink(parent, name).await),
             Err(e) => Err(e),
         },
-        Step::Mkdir(d) => real
-            .fs
-            .mkdir(Ino::ROOT, OsStr::new(DIRS[*d]))
-            .await
-            .map(|_| Got::Done)
-            .map_err(|e| e.errno()),
-        Step::Rmdir(d) => real
-            .fs
-            .rmdir(Ino::ROOT, OsStr::new(DIRS[*d]))
-            .await
-            .map(|()| Got::Done)
-            .map_err(|e| e.errno()),
+        Step::Mkdir(d) => done(real.fs.mkdir(Ino::ROOT, OsStr::new(DIRS[*d])).await),
+        Step::Rmdir(d) => done(real.fs.rmdir(Ino::ROOT, OsStr::new(DIRS[*d])).await),
         Step::Rename(a, b) => {
             match (
                 real.parent_and_name(FILES[*a]).await,
                 real.parent_and_name(FILES[*b]).await,
             ) {
-                (Ok((p1, n1)), Ok((p2, n2))) => real
-                    .fs
-                    .rename(p1, n1, p2, n2, 0)
-                    .await
-                    .map(|()| Got::Done)
-                    .map_err(|e| e.errno()),
+                (Ok((p1, n1)), Ok((p2, n2))) => done(real.fs.rename(p1, n1, p2, n2, 0).await),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }

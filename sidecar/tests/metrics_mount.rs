@@ -5,7 +5,7 @@ mod mount_common;
 mod support;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mount_common::{Sidecar, can_mount};
 use support::{BUCKET, S3Server, ServerKind};
@@ -30,15 +30,9 @@ fn sample(metrics: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
 }
 
 fn wait_for(sc: &Sidecar, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = sc.health_get("/metrics").1;
-        if ok(&metrics) {
-            return metrics;
-        }
-        assert!(Instant::now() < deadline, "{what}; metrics:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_, metrics) = sc.health_until("/metrics", Duration::from_secs(10), |(_, t)| ok(t));
+    assert!(ok(&metrics), "{what}; metrics:\n{metrics}");
+    metrics
 }
 
 /// Drops the kernel's cached pages of one file, so its next read goes through FUSE. Only that

@@ -5,23 +5,10 @@ mod mount_common;
 mod support;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mount_common::{BIN, Sidecar, can_mount, is_mounted};
 use support::{S3Server, ServerKind};
-
-/// GETs `path` on the health server until `ok` holds of the answer, for up to 5 s; returns the
-/// last answer. `/readyz` is set ready just after the mount answers the probe, not before it.
-fn health_within_5s(sc: &Sidecar, path: &str, ok: impl Fn(&(u16, String)) -> bool) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = sc.health_get(path);
-        if ok(&got) || Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn probe_passes_only_on_a_serving_mount() {
@@ -117,9 +104,13 @@ fn readiness_is_false_before_the_mount_and_true_after() {
     }
     let server = S3Server::start(ServerKind::Rclone);
     let sc = Sidecar::start(&server, &[]);
-    let ready = health_within_5s(&sc, "/readyz", |(code, _)| *code == 200);
+    let ready = sc.health_until("/readyz", Duration::from_secs(5), |(code, _)| *code == 200);
     assert_eq!(ready, (200, "ready\n".to_string()));
-    let metrics = health_within_5s(&sc, "/metrics", |(_, body)| body.contains("s3mount_ready 1")).1;
+    let metrics = sc
+        .health_until("/metrics", Duration::from_secs(5), |(_, body)| {
+            body.contains("s3mount_ready 1")
+        })
+        .1;
     assert!(metrics.contains("s3mount_ready 1"), "{metrics}");
     sc.stop();
 }

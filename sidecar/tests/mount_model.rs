@@ -121,12 +121,11 @@ impl Case<'_> {
     fn check_tree(&self, model: &Model) {
         for dir in [None, Some(0), Some(1)] {
             let path = dir.map_or("", |d| DIRS[d]);
-            let expected = if model.dir_exists(path) {
-                Ok(Got::Entries(model.entries(path)))
-            } else {
-                Err(libc::ENOENT)
-            };
-            assert_eq!(self.list(path), expected, "listing of {path:?} at the end");
+            assert_eq!(
+                self.list(path),
+                model.listing(path),
+                "listing of {path:?} at the end"
+            );
         }
         for (path, data) in &model.files {
             assert_eq!(

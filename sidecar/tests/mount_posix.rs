@@ -6,26 +6,13 @@ mod support;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mount_common::{Sidecar, can_mount, list};
 use support::{S3Server, ServerKind};
 
 fn servers() -> Vec<S3Server> {
     S3Server::both()
-}
-
-/// The status of `/readyz`, polled for up to 5 s until 200: it is set ready just after the mount
-/// answers the probe, not before it.
-fn readyz_within_5s(sc: &Sidecar) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let code = sc.health_get("/readyz").0;
-        if code == 200 || Instant::now() >= deadline {
-            return code;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -38,7 +25,8 @@ fn mount_lists_reads_writes_and_removes_through_the_kernel() {
         server.put_direct("hello.txt", b"hello world\n");
         server.put_direct("sub/nested.bin", &[0, 1, 2, 255]);
         let sc = Sidecar::start(&server, &["--uid=1234", "--gid=5678", "--file-mode=0640"]);
-        assert_eq!(readyz_within_5s(&sc), 200, "{kind:?}: ready once mounted");
+        let ready = sc.health_until("/readyz", Duration::from_secs(5), |(c, _)| *c == 200);
+        assert_eq!(ready.0, 200, "{kind:?}: ready once mounted");
         assert_eq!(sc.health_get("/livez").0, 200);
         assert_eq!(list(&sc.mountpoint), vec!["hello.txt", "sub"], "{kind:?}");
         assert_eq!(

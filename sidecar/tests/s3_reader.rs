@@ -10,7 +10,7 @@ use s3mount_sidecar::cache::BlockCache;
 use s3mount_sidecar::reader::{RANDOM_ALIGN, ReadConfig, ReadPath};
 use s3mount_sidecar::s3::{Op, S3Store};
 use s3mount_sidecar::store::{ObjectMeta, ObjectStore, StoreError};
-use support::{S3Server, ServerKind};
+use support::{S3Server, ServerKind, wait_for_blocks};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -31,18 +31,6 @@ fn config() -> ReadConfig {
 async fn put(store: &S3Store, key: &str, body: &[u8]) -> ObjectMeta {
     store.put(key, Bytes::from(body.to_vec())).await.unwrap();
     store.head(key).await.unwrap().unwrap()
-}
-
-async fn wait_for_blocks(cache: &BlockCache, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cache.stats().blocks < n {
-        assert!(
-            Instant::now() < deadline,
-            "cache fill did not finish: {:?}",
-            cache.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -270,15 +258,18 @@ async fn a_failed_read_is_remembered_briefly_by_its_reader_only() {
     let gets = || store.request_count(MemOp::Get);
     let fails = |r: &Result<Bytes, StoreError>| matches!(r, Err(StoreError::Unavailable { .. }));
 
+    let remembering_for = |failure_memory| {
+        ReadPath::new(
+            store.clone(),
+            None,
+            ReadConfig {
+                failure_memory,
+                ..config()
+            },
+        )
+    };
     // A memory long enough that no stall of this machine can outlast it.
-    let long = ReadPath::new(
-        store.clone(),
-        None,
-        ReadConfig {
-            failure_memory: Duration::from_secs(60),
-            ..config()
-        },
-    );
+    let long = remembering_for(Duration::from_secs(60));
     let reader = long.open(&meta);
     store.fail_next(MemOp::Get, 1);
     let first = reader.read(0, 128 * 1024).await;
@@ -302,14 +293,7 @@ async fn a_failed_read_is_remembered_briefly_by_its_reader_only() {
     assert_eq!(&reader.read(0, 4096).await.unwrap()[..], &body[..4096]);
 
     // With a short memory, the failed range is asked again once the memory has passed.
-    let short = ReadPath::new(
-        store.clone(),
-        None,
-        ReadConfig {
-            failure_memory: Duration::from_millis(100),
-            ..config()
-        },
-    );
+    let short = remembering_for(Duration::from_millis(100));
     let reader = short.open(&meta);
     store.fail_next(MemOp::Get, 1);
     assert!(fails(&reader.read(2 * MIB, 4096).await));

@@ -102,6 +102,15 @@ impl Model {
         out
     }
 
+    /// What listing `dir` must give: its entries, or ENOENT.
+    pub fn listing(&self, dir: &str) -> Result<Got, i32> {
+        if self.dir_exists(dir) {
+            Ok(Got::Entries(self.entries(dir)))
+        } else {
+            Err(libc::ENOENT)
+        }
+    }
+
     /// Asserts that `got`, what `step` returned on the real filesystem, is what the model
     /// expects, and applies the step to the model.
     pub fn check(&mut self, step: &Step, got: Result<Got, i32>) {
@@ -176,14 +185,7 @@ impl Model {
                 Some(data) => assert_eq!(got, Ok(Got::Data(data.clone())), "{step:?}"),
                 None => assert_eq!(got, Err(libc::ENOENT), "{step:?}"),
             },
-            Step::List(d) => {
-                let dir = d.map_or("", |d| DIRS[d]);
-                if self.dir_exists(dir) {
-                    assert_eq!(got, Ok(Got::Entries(self.entries(dir))), "{step:?}");
-                } else {
-                    assert_eq!(got, Err(libc::ENOENT), "{step:?}");
-                }
-            }
+            Step::List(d) => assert_eq!(got, self.listing(d.map_or("", |d| DIRS[d])), "{step:?}"),
         }
     }
 }

@@ -112,6 +112,24 @@ impl Sidecar {
         std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
     }
 
+    /// GETs `path` on the health server until `ok` holds of the answer or `within` has passed;
+    /// returns the last answer. (`/readyz` turns ready just after the mount answers the probe.)
+    pub fn health_until(
+        &self,
+        path: &str,
+        within: Duration,
+        ok: impl Fn(&(u16, String)) -> bool,
+    ) -> (u16, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.health_get(path);
+            if ok(&got) || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Status code and body of a GET on the health server.
     pub fn health_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(&self.health).unwrap();

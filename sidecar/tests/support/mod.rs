@@ -339,3 +339,17 @@ fn parse_http_answer(answer: &[u8]) -> (u16, Vec<u8>) {
     }
     (status, body)
 }
+
+/// Waits (up to 10 s) until `cache` holds at least `n` blocks: cache writes happen in the
+/// background, after the read that fetched them returned.
+pub async fn wait_for_blocks(cache: &s3mount_sidecar::cache::BlockCache, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().blocks < n {
+        assert!(
+            Instant::now() < deadline,
+            "cache fill did not finish: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
