@@ -417,32 +417,17 @@ fn a_failed_upload_goes_out_by_itself_once_s3_recovers() {
     );
     assert!(server.get_direct("later.bin").is_none(), "nothing reached S3");
     // While S3 still fails, a background round fails too and keeps the data.
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while !sc.log().contains("upload retry failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no background retry\n{}",
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    sc.wait_for_log("upload retry failed", 1, Duration::from_secs(40));
     assert!(server.get_direct("later.bin").is_none(), "still nothing in S3");
 
     proxy.clear();
     // Waits for the sidecar's word that S3 took it, not for the object to show: rclone writes an
     // object's file in place while the PUT runs, so a direct read could catch it half written.
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while !sc
-        .log()
-        .contains("upload that had failed at close succeeded on retry")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the staged upload did not go out after S3 recovered\n{}",
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    sc.wait_for_log(
+        "upload that had failed at close succeeded on retry",
+        1,
+        Duration::from_secs(40),
+    );
     assert_bytes(
         "later.bin in S3, uploaded in the background",
         &server.get_direct("later.bin").expect("object"),

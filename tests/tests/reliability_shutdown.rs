@@ -39,19 +39,6 @@ fn write_all_closing(mnt: &Path, files: &[(String, Vec<u8>)]) -> Vec<Option<i32>
         .collect()
 }
 
-/// Waits (up to 60 s) until the sidecar log has `n` lines containing `text`.
-fn wait_for_log(sc: &support::Sidecar, text: &str, n: usize) {
-    let start = std::time::Instant::now();
-    while sc.log().lines().filter(|l| l.contains(text)).count() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no {n} lines {text:?} in the log:\n{}",
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Files under `dir` (recursively).
 fn file_count(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -109,7 +96,11 @@ fn sigterm_uploads_pending_data_within_the_grace_period_and_exits_0() {
     }
     // close returns after FLUSH; RELEASE retries the upload in the background. Wait until every
     // release has given up and kept its staging file, so that only SIGTERM can upload them.
-    wait_for_log(&sc, "upload pending; staged data kept", files.len());
+    sc.wait_for_log(
+        "upload pending; staged data kept",
+        files.len(),
+        Duration::from_secs(60),
+    );
     for (name, _) in &files {
         assert!(
             server.get_direct(name).is_none(),

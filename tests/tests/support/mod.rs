@@ -362,6 +362,19 @@ impl Sidecar {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until the log has `n` lines containing `text`; fails after `within`.
+    pub fn wait_for_log(&self, text: &str, n: usize, within: Duration) {
+        let start = std::time::Instant::now();
+        while self.log().lines().filter(|l| l.contains(text)).count() < n {
+            assert!(
+                start.elapsed() < within,
+                "no {n} lines {text:?} in the log within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Peak resident memory (`VmHWM`) in KiB.
     pub fn vm_hwm_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
