@@ -144,6 +144,15 @@ pub struct Decision {
     pub warnings: Vec<String>,
 }
 
+/// The Pod Security level the namespace's `label` sets, when it is set to anything but
+/// `privileged` (every other level refuses privileged containers).
+fn below_privileged<'a>(ns: &'a NamespaceInfo, label: &str) -> Option<&'a str> {
+    ns.labels
+        .get(label)
+        .map(String::as_str)
+        .filter(|level| *level != "privileged")
+}
+
 /// Checks a pod that asks for injection against its namespace. `ns` is `None` when the namespace
 /// watch does not know the namespace.
 pub fn check(
@@ -165,9 +174,7 @@ pub fn check(
             "namespace {name:?} has not opted in: it needs the label {key}={value}"
         ));
     }
-    if let Some(level) = ns.labels.get(POD_SECURITY_ENFORCE)
-        && level != "privileged"
-    {
+    if let Some(level) = below_privileged(ns, POD_SECURITY_ENFORCE) {
         d.violations.push(format!(
             "namespace {name:?} enforces Pod Security {level:?} ({POD_SECURITY_ENFORCE}), which never admits the \
              privileged s3mount sidecar; the namespace needs the \"privileged\" level"
@@ -175,9 +182,7 @@ pub fn check(
     }
     // `warn` and `audit` do not refuse the pod, but every admission of it is then reported.
     for (mode, label) in POD_SECURITY_REPORT {
-        if let Some(level) = ns.labels.get(label)
-            && level != "privileged"
-        {
+        if let Some(level) = below_privileged(ns, label) {
             d.warnings.push(format!(
                 "namespace {name:?} has Pod Security {mode} level {level:?} ({label}): the privileged s3mount \
                  sidecar is admitted but reported every time"

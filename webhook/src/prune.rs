@@ -114,9 +114,8 @@ impl<'de> Visitor<'de> for PrunedVisitor {
         let mut out = Map::new();
         match self.0 {
             Shape::Object(keys) => {
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    let key = key.as_str();
-                    match keys.iter().find(|(k, _)| *k == key) {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match keys.iter().find(|(k, _)| *k == key.as_ref()) {
                         Some((k, shape)) => {
                             let v = map.next_value_seed(Pruned(shape))?;
                             out.insert((*k).to_owned(), v);
@@ -138,41 +137,8 @@ impl<'de> Visitor<'de> for PrunedVisitor {
 }
 
 /// An object key, borrowed from the input when it has no escapes.
-enum Key<'de> {
-    Borrowed(&'de str),
-    Owned(String),
-}
-
-impl Key<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Key::Borrowed(s) => s,
-            Key::Owned(s) => s,
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+#[derive(serde::Deserialize)]
+struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
 
 /// A value that is parsed and checked like a `Value` and then dropped. It goes through
 /// `deserialize_any`, so numbers and strings are fully decoded and validated: serde's
@@ -224,29 +190,10 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
         // Keys are decoded as strings, like a Value's keys.
-        while map.next_key::<KeyChecked>()?.is_some() {
+        while map.next_key::<Checked>()?.is_some() {
             map.next_value::<Checked>()?;
         }
         Ok(Checked)
-    }
-}
-
-/// A checked object key (decoded, escapes and all, then dropped).
-struct KeyChecked;
-
-impl<'de> serde::Deserialize<'de> for KeyChecked {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = KeyChecked;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_str<E>(self, _: &str) -> Result<KeyChecked, E> {
-                Ok(KeyChecked)
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 

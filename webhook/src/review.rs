@@ -230,15 +230,10 @@ impl Review {
                 Ok(Review { envelope, object })
             }
             // Not JSON: the full parse names the error exactly as it always has.
-            Some(Err(_)) | None => parse_body(body).map(|v| Review::from_value(&v)),
-        }
-    }
-
-    /// The same from an already parsed body.
-    pub fn from_value(body: &Value) -> Review {
-        Review {
-            envelope: envelope(body),
-            object: body.pointer("/request/object").cloned().unwrap_or(Value::Null),
+            Some(Err(_)) | None => parse_body(body).map(|v| Review {
+                envelope: envelope(&v),
+                object: v.pointer("/request/object").cloned().unwrap_or(Value::Null),
+            }),
         }
     }
 

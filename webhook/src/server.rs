@@ -139,15 +139,7 @@ fn answer(state: &AppState, body: &[u8]) -> (Outcome, Response) {
             (r.outcome, (json, r.to_body()).into_response())
         }
         Err(e) => {
-            let span = tracing::info_span!(
-                "admission",
-                uid = tracing::field::Empty,
-                namespace = tracing::field::Empty,
-                pod = tracing::field::Empty,
-                operation = tracing::field::Empty,
-                dry_run = tracing::field::Empty,
-                outcome = Outcome::Invalid.as_str(),
-            );
+            let span = tracing::info_span!("admission", outcome = Outcome::Invalid.as_str());
             let _entered = span.enter();
             tracing::warn!(error = %e, "invalid admission request");
             (

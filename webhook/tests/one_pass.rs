@@ -7,25 +7,21 @@ mod common;
 
 use serde_json::{Value, json};
 
-use common::{FIXTURES, context, fixture, same_answer};
+use common::{FIXTURES, context, fixture, fixture_bytes, same_answer};
 use s3mount_webhook::inject::Lifecycle;
 use s3mount_webhook::policy::{
     ALLOWED_BUCKETS, FORCE_READ_ONLY, MAX_CACHE_SIZE, NamespaceInfo, POD_SECURITY_ENFORCE,
 };
 use s3mount_webhook::review::{NamespaceView, Outcome};
 
-fn namespace(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> NamespaceInfo {
-    NamespaceInfo::from_pairs(labels, annotations)
-}
-
 /// Namespaces that allow, refuse for each rule, and refuse for a malformed rule.
 fn namespaces() -> Vec<NamespaceInfo> {
     const OPT_IN: (&str, &str) = ("s3.mount/inject", "enabled");
     vec![
-        namespace(&[OPT_IN], &[]),
-        namespace(&[], &[]),
-        namespace(&[OPT_IN, (POD_SECURITY_ENFORCE, "baseline")], &[]),
-        namespace(
+        NamespaceInfo::from_pairs(&[OPT_IN], &[]),
+        NamespaceInfo::from_pairs(&[], &[]),
+        NamespaceInfo::from_pairs(&[OPT_IN, (POD_SECURITY_ENFORCE, "baseline")], &[]),
+        NamespaceInfo::from_pairs(
             &[OPT_IN],
             &[
                 (ALLOWED_BUCKETS, "team-*"),
@@ -33,7 +29,7 @@ fn namespaces() -> Vec<NamespaceInfo> {
                 (MAX_CACHE_SIZE, "1MiB"),
             ],
         ),
-        namespace(&[OPT_IN], &[(MAX_CACHE_SIZE, "lots")]),
+        NamespaceInfo::from_pairs(&[OPT_IN], &[(MAX_CACHE_SIZE, "lots")]),
     ]
 }
 
@@ -50,13 +46,6 @@ fn check_all(body: &[u8]) -> Vec<Option<Outcome>> {
         }
     }
     seen
-}
-
-fn fixture_bytes(name: &str) -> Vec<u8> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(path).unwrap()
 }
 
 #[test]

@@ -227,10 +227,10 @@ proptest! {
         let lifecycle = if legacy { Lifecycle::Legacy } else { Lifecycle::Native };
         let body = serde_json::to_vec(&with_object(&fixture("basic-pod.json"), pod)).unwrap();
         let ctx = context(lifecycle);
-        let opted = NamespaceInfo {
-            labels: [("s3.mount/inject".to_owned(), "enabled".to_owned())].into(),
-            annotations: [("s3.mount/force-read-only".to_owned(), "true".to_owned())].into(),
-        };
+        let opted = NamespaceInfo::from_pairs(
+            &[("s3.mount/inject", "enabled")],
+            &[("s3.mount/force-read-only", "true")],
+        );
         same_answer(&body, &ctx, NamespaceView::Unknown);
         same_answer(&body, &ctx, NamespaceView::Known(Some(&opted)));
     }

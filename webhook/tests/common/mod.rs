@@ -19,12 +19,16 @@ pub const FIXTURES: &[&str] = &[
     "no-volumes.json",
 ];
 
-pub fn fixture(name: &str) -> Value {
+/// The bytes of `tests/fixtures/NAME`.
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fixture(name: &str) -> Value {
+    serde_json::from_slice(&fixture_bytes(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 pub fn context(lifecycle: Lifecycle) -> Context {
