@@ -22,6 +22,11 @@ pub enum Shape {
     All,
     /// An object of which only the listed keys are kept, each read with its own shape.
     Object(&'static [(&'static str, Shape)]),
+    /// An object of which every key is kept: the listed ones read with their own shape, the
+    /// others whole.
+    Rest(&'static [(&'static str, Shape)]),
+    /// Nothing (checked, not kept): for a key of [`Shape::Rest`] to leave out.
+    Drop,
     /// An array whose elements have this shape.
     Array(&'static Shape),
 }
@@ -50,6 +55,10 @@ impl<'de> DeserializeSeed<'de> for Pruned {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         match self.0 {
             Shape::All => serde::Deserialize::deserialize(d),
+            Shape::Drop => {
+                <Checked as serde::Deserialize>::deserialize(d)?;
+                Ok(Value::Null)
+            }
             shape => d.deserialize_any(PrunedVisitor(shape)),
         }
     }
@@ -113,12 +122,20 @@ impl<'de> Visitor<'de> for PrunedVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         match self.0 {
-            Shape::Object(keys) => {
+            Shape::Object(keys) | Shape::Rest(keys) => {
+                let rest = matches!(self.0, Shape::Rest(_));
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     match keys.iter().find(|(k, _)| *k == key.as_ref()) {
+                        Some((_, Shape::Drop)) => {
+                            map.next_value::<Checked>()?;
+                        }
                         Some((k, shape)) => {
                             let v = map.next_value_seed(Pruned(shape))?;
                             out.insert((*k).to_owned(), v);
+                        }
+                        None if rest => {
+                            let v = map.next_value::<Value>()?;
+                            out.insert(key.into_owned(), v);
                         }
                         None => {
                             map.next_value::<Checked>()?;
@@ -232,6 +249,20 @@ mod tests {
             from_slice(b"\"s\"", &SHAPE).unwrap().unwrap(),
             serde_json::json!("s")
         );
+    }
+
+    #[test]
+    fn rest_keeps_every_other_key_whole_and_drop_leaves_one_out() {
+        static REST: Shape =
+            Shape::Rest(&[("b", Shape::Object(&[("x", Shape::All)])), ("gone", Shape::Drop)]);
+        let text =
+            r#"{"a": {"deep": [1, "s\u00e9"]}, "b": {"x": 1, "y": 2}, "gone": {"big": [1]}, "z": null}"#;
+        assert_eq!(
+            from_slice(text.as_bytes(), &REST).unwrap().unwrap(),
+            serde_json::json!({"a": {"deep": [1, "s\u{e9}"]}, "b": {"x": 1}, "z": null})
+        );
+        // A dropped part is still checked.
+        assert!(from_slice(br#"{"gone": "\ud800"}"#, &REST).unwrap().is_err());
     }
 
     #[test]

@@ -177,32 +177,12 @@ const CONTAINER: Shape = Shape::Object(&[
     ("volumeMounts", Shape::All),
     ("env", Shape::All),
 ]);
-/// The review: every field kube's `AdmissionReview` reads, with `request.object` cut to [`POD`]
-/// and `request.oldObject` dropped (as [`envelope`] drops it).
-static REVIEW: Shape = Shape::Object(&[
-    ("apiVersion", Shape::All),
-    ("kind", Shape::All),
-    ("response", Shape::All),
-    (
-        "request",
-        Shape::Object(&[
-            ("uid", Shape::All),
-            ("kind", Shape::All),
-            ("resource", Shape::All),
-            ("subResource", Shape::All),
-            ("requestKind", Shape::All),
-            ("requestResource", Shape::All),
-            ("requestSubResource", Shape::All),
-            ("name", Shape::All),
-            ("namespace", Shape::All),
-            ("operation", Shape::All),
-            ("userInfo", Shape::All),
-            ("object", POD),
-            ("dryRun", Shape::All),
-            ("options", Shape::All),
-        ]),
-    ),
-]);
+/// The review as [`envelope`] keeps it (everything but `request.object` and `request.oldObject`),
+/// with `request.object` cut to [`POD`].
+static REVIEW: Shape = Shape::Rest(&[(
+    "request",
+    Shape::Rest(&[("object", POD), ("oldObject", Shape::Drop)]),
+)]);
 
 /// A request body parsed once into what the webhook reads: the review without its objects (what
 /// kube's types are read from) and the pod with only the parts the injection looks at.
