@@ -69,7 +69,8 @@ fn answer(status: &str, headers: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn store(endpoint: &str, attempts: u32) -> S3Store {
+/// A path-style client of `endpoint` with quick retries, `attempts` of them.
+fn config(endpoint: &str, attempts: u32) -> S3Config {
     let mut cfg = S3Config::new("bkt", "us-east-1");
     cfg.endpoint = Some(endpoint.to_string());
     cfg.path_style = true;
@@ -81,7 +82,11 @@ fn store(endpoint: &str, attempts: u32) -> S3Store {
         ..RetryConfig::default()
     };
     cfg.use_env_proxy = false;
-    S3Store::new(cfg).unwrap()
+    cfg
+}
+
+fn store(endpoint: &str, attempts: u32) -> S3Store {
+    S3Store::new(config(endpoint, attempts)).unwrap()
 }
 
 const SLOW_DOWN: &str =
@@ -239,18 +244,9 @@ async fn an_endpoint_that_stops_answering_fails_within_the_retry_time_limit() {
             keep.lock().unwrap().push(conn); // read nothing, answer nothing
         }
     });
-    let mut cfg = S3Config::new("bkt", "us-east-1");
-    cfg.endpoint = Some(endpoint);
-    cfg.path_style = true;
-    cfg.credentials = Some(Credentials::new("AK", "SK", None, None, "test"));
+    let mut cfg = config(&endpoint, 100);
     cfg.read_timeout = Duration::from_millis(300);
-    cfg.retry = RetryConfig {
-        max_attempts: 100,
-        base_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-        max_elapsed: Duration::from_secs(1),
-    };
-    cfg.use_env_proxy = false;
+    cfg.retry.max_elapsed = Duration::from_secs(1);
     let store = S3Store::new(cfg).unwrap();
     let started = std::time::Instant::now();
     let err = store.head("k").await.unwrap_err();

@@ -251,14 +251,19 @@ async fn multipart_upload_and_complete_give_the_concatenated_object() {
     }
 }
 
+/// A client of `server` whose single-copy limit is 6 MiB (S3's is 5 GiB), with 5 MiB parts.
+fn small_copy_limit(server: &S3Server) -> S3Store {
+    let mut cfg = server.config();
+    cfg.multipart_copy_threshold = 6 * 1024 * 1024;
+    cfg.multipart_copy_part_size = 5 * 1024 * 1024;
+    S3Store::new(cfg).unwrap()
+}
+
 #[tokio::test]
 async fn copy_above_the_threshold_uses_multipart_upload_part_copy() {
     // UploadPartCopy is an S3 feature rclone's server lacks; moto implements it.
     let server = S3Server::start(ServerKind::Moto);
-    let mut cfg = server.config();
-    cfg.multipart_copy_threshold = 6 * 1024 * 1024;
-    cfg.multipart_copy_part_size = 5 * 1024 * 1024;
-    let store = S3Store::new(cfg).unwrap();
+    let store = small_copy_limit(&server);
     let body = data(11 * 1024 * 1024 + 17, 9);
     store.put("big/src", Bytes::from(body.clone())).await.unwrap();
     let meta = store
@@ -288,10 +293,7 @@ async fn rename_through_the_filesystem_above_the_copy_limit_uses_multipart_copy(
     use s3mount_sidecar::fs::{Fs, FsConfig};
 
     let server = S3Server::start(ServerKind::Moto);
-    let mut cfg = server.config();
-    cfg.multipart_copy_threshold = 6 * 1024 * 1024;
-    cfg.multipart_copy_part_size = 5 * 1024 * 1024;
-    let store = Arc::new(S3Store::new(cfg).unwrap());
+    let store = Arc::new(small_copy_limit(&server));
     let body = data(12 * 1024 * 1024 + 5, 3);
     store
         .put("models/v1.bin", Bytes::from(body.clone()))
