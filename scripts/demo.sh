@@ -11,10 +11,8 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-# The binaries of `cargo build --workspace --bins`: S3MOUNT_BIN_DIR, else cargo's target directory.
-target=${CARGO_TARGET_DIR:-target}
-case $target in /*) ;; *) target=$top/$target ;; esac
-bin=${S3MOUNT_BIN_DIR:-$target/debug}
+# shellcheck source=scripts/bin-dir.sh
+. "$top/scripts/bin-dir.sh"
 py=$top/.venv/bin/python
 podrun=$bin/s3mount-podrun
 for b in s3mount-webhook s3mount-sidecar s3mount-certs s3mount-podrun; do

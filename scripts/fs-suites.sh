@@ -9,7 +9,8 @@
 # passes than before. Needs root, /dev/fuse, .venv and .tools (scripts/setup.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-bin=${S3MOUNT_BIN_DIR:-$top/target/debug}
+# shellcheck source=scripts/bin-dir.sh
+. "$top/scripts/bin-dir.sh"
 ops=${FSX_OPS:-10000}
 min_passed=${PJDFSTEST_MIN_PASSED:-140}
 work=$(mktemp -d /tmp/s3mount-fs-suites.XXXXXX)

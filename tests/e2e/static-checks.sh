@@ -97,7 +97,9 @@ fi
 # 4. Manifests against the webhook binary.
 # Always (re)build: a stale binary would check the manifests against old flags. The whole workspace,
 # as `make test` builds it: one package alone unifies features differently and rebuilds its deps.
-bin="${CARGO_TARGET_DIR:-$top/target}/debug/s3mount-webhook"
+# shellcheck source=scripts/bin-dir.sh
+. "$top/scripts/bin-dir.sh"
+bin=$bin/s3mount-webhook
 if ! cargo build -q --workspace --bins >"$work/build" 2>&1; then
   bad "cargo build --workspace --bins" "$work/build"
   bin=

@@ -13,7 +13,8 @@ bare_port=${BENCH_BARE_PORT:-18444}
 health_port=${BENCH_HEALTH_PORT:-18081}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || { echo "bench-webhook: oha missing; run make setup" >&2; exit 1; }
-target=${CARGO_TARGET_DIR:-$top/target}
+# shellcheck source=scripts/bin-dir.sh
+. "$top/scripts/bin-dir.sh"
 
 echo "bench-webhook: building release binaries"
 cargo build --quiet --release -p s3mount-webhook --bin s3mount-webhook --example bench_bare

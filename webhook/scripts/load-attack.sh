@@ -8,7 +8,8 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-bin=${S3MOUNT_BIN_DIR:-$top/target/debug}
+# shellcheck source=scripts/bin-dir.sh
+. "$top/scripts/bin-dir.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v wrk >/dev/null || { echo "webhook-load: wrk missing; run make setup" >&2; exit 1; }
 work=$(mktemp -d /tmp/s3mount-webhook-load.XXXXXX)
